@@ -1,0 +1,387 @@
+//! The client's driver task: owns the socket and the peer connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, Message};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder,
+};
+
+use super::{ClientError, ClientEvent, ClientOptions, Command, LocalTrack};
+use crate::ids::TrackId;
+use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
+use crate::participant::peer::media_engine;
+use crate::signal::protocol::{ClientMessage, IceCandidate, ServerMessage, TrackKind};
+
+enum PeerEvent {
+    Candidate(RTCIceCandidateInit),
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+}
+
+struct Handler {
+    tx: mpsc::UnboundedSender<PeerEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.tx.send(PeerEvent::Candidate(init));
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.send(PeerEvent::State(state));
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tx.send(PeerEvent::Track(track));
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub(super) async fn start(
+    options: ClientOptions,
+) -> Result<
+    (
+        mpsc::UnboundedSender<Command>,
+        mpsc::UnboundedReceiver<ClientEvent>,
+    ),
+    ClientError,
+> {
+    let url = format!(
+        "{}/rtc?room={}&access_token={}",
+        options.url.trim_end_matches('/'),
+        options.room,
+        options.token
+    );
+    let socket = match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => socket,
+        Err(tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            return Err(ClientError::Refused {
+                status,
+                body: body.unwrap_or_default(),
+            });
+        }
+        Err(e) => return Err(ClientError::Connect(e.to_string())),
+    };
+
+    let (peer_tx, peer_rx) = mpsc::unbounded_channel();
+    let pc = build_peer(&options, peer_tx).await?;
+    let (command_tx, command_rx) = mpsc::unbounded_channel();
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let mut driver = Driver {
+        pc,
+        events: event_tx,
+        making_offer: false,
+        want_offer: false,
+    };
+    let join = ClientMessage::Join {
+        auto_subscribe: options.auto_subscribe,
+    };
+    let join = serde_json::to_string(&join).map_err(|e| ClientError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        driver.run(socket, join, command_rx, peer_rx).await;
+    });
+    Ok((command_tx, event_rx))
+}
+
+async fn build_peer(
+    options: &ClientOptions,
+    tx: mpsc::UnboundedSender<PeerEvent>,
+) -> Result<Arc<dyn PeerConnection>, ClientError> {
+    let mut engine = media_engine()?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)?.with(
+        rtc::interceptor::Slot::from(FEEDBACK_SLOT),
+        KeyframeFeedback::default(),
+    );
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .with_handler(Arc::new(Handler { tx }))
+        .with_udp_addrs(vec![std::net::SocketAddr::new(options.bind_ip, 0)])
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+struct Driver {
+    pc: Arc<dyn PeerConnection>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    /// Our offer awaits the server's answer.
+    making_offer: bool,
+    /// Tracks were added since our last offer.
+    want_offer: bool,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        socket: Socket,
+        join: String,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut peer: mpsc::UnboundedReceiver<PeerEvent>,
+    ) {
+        let (mut sink, mut stream) = socket.split();
+        let _ = sink.send(Message::text(join)).await;
+        loop {
+            let outgoing = tokio::select! {
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(text))) => self.on_text(&text).await,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => Vec::new(),
+                },
+                command = commands.recv() => match command {
+                    Some(Command::Close) | None => {
+                        let _ = sink.send(Message::text(r#"{"type":"leave"}"#)).await;
+                        break;
+                    }
+                    Some(command) => self.on_command(command).await,
+                },
+                Some(event) = peer.recv() => self.on_peer(event),
+            };
+            for text in outgoing {
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = sink.close().await;
+        let _ = self.pc.close().await;
+        let _ = self.events.send(ClientEvent::Closed);
+    }
+
+    async fn on_text(&mut self, text: &str) -> Vec<String> {
+        let Ok(message) = serde_json::from_str::<ServerMessage>(text) else {
+            return Vec::new();
+        };
+        let _ = self.events.send(ClientEvent::Server(message.clone()));
+        let result = match message {
+            ServerMessage::Offer { sdp } => self.on_server_offer(sdp).await,
+            ServerMessage::Answer { sdp } => self.on_server_answer(sdp).await,
+            ServerMessage::Candidate(c) => self.on_server_candidate(c).await,
+            _ => Ok(Vec::new()),
+        };
+        result.unwrap_or_default()
+    }
+
+    async fn on_server_offer(&mut self, sdp: String) -> Result<Vec<String>, ClientError> {
+        // Polite peer: our crossing offer gives way; we re-offer after answering.
+        if self.making_offer {
+            self.pc
+                .set_local_description(RTCSessionDescription::rollback(None)?)
+                .await?;
+            self.making_offer = false;
+            self.want_offer = true;
+        }
+        self.pc
+            .set_remote_description(RTCSessionDescription::offer(sdp)?)
+            .await?;
+        let answer = self.pc.create_answer(None).await?;
+        self.pc.set_local_description(answer.clone()).await?;
+        let mut out = vec![to_json(&ClientMessage::Answer { sdp: answer.sdp })];
+        out.extend(self.try_offer().await?);
+        Ok(out)
+    }
+
+    async fn on_server_answer(&mut self, sdp: String) -> Result<Vec<String>, ClientError> {
+        if !self.making_offer {
+            return Ok(Vec::new());
+        }
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(sdp)?)
+            .await?;
+        self.making_offer = false;
+        self.try_offer().await
+    }
+
+    async fn on_server_candidate(&mut self, c: IceCandidate) -> Result<Vec<String>, ClientError> {
+        if !c.candidate.is_empty() {
+            let init = RTCIceCandidateInit {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_mline_index: c.sdp_mline_index,
+                ..Default::default()
+            };
+            self.pc.add_ice_candidate(init).await?;
+        }
+        Ok(Vec::new())
+    }
+
+    async fn try_offer(&mut self) -> Result<Vec<String>, ClientError> {
+        if !self.want_offer || self.making_offer {
+            return Ok(Vec::new());
+        }
+        self.want_offer = false;
+        self.making_offer = true;
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer.clone()).await?;
+        Ok(vec![to_json(&ClientMessage::Offer { sdp: offer.sdp })])
+    }
+
+    async fn on_command(&mut self, command: Command) -> Vec<String> {
+        match command {
+            Command::Send(message) => vec![to_json(&message)],
+            Command::SendRaw(text) => vec![text],
+            Command::Publish {
+                cid,
+                kind,
+                source,
+                reply,
+            } => {
+                let announce = ClientMessage::PublishTrack {
+                    cid: cid.clone(),
+                    kind,
+                    source,
+                    name: cid.clone(),
+                    muted: false,
+                };
+                let mut out = vec![to_json(&announce)];
+                match self.add_local_track(cid, kind).await {
+                    Ok(track) => {
+                        let _ = reply.send(Ok(track));
+                        self.want_offer = true;
+                        out.extend(self.try_offer().await.unwrap_or_default());
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                out
+            }
+            Command::Close => Vec::new(),
+        }
+    }
+
+    async fn add_local_track(
+        &mut self,
+        cid: String,
+        kind: TrackKind,
+    ) -> Result<LocalTrack, ClientError> {
+        let (codec, payload_type, codec_kind) = match kind {
+            TrackKind::Audio => (
+                codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1"),
+                111,
+                RtpCodecKind::Audio,
+            ),
+            TrackKind::Video => (codec(MIME_TYPE_VP8, 90_000, 0, ""), 96, RtpCodecKind::Video),
+        };
+        let ssrc = rand::random::<u32>().max(1);
+        let encoding = RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        };
+        let stream_id = format!("stream-{cid}");
+        let media = MediaStreamTrack::new(
+            stream_id,
+            MediaStreamTrackId::from(cid.clone()),
+            cid.clone(),
+            codec_kind,
+            vec![encoding],
+        );
+        let track: Arc<dyn TrackLocal> = Arc::new(TrackLocalStaticRTP::new(media));
+        self.pc.add_track(track.clone()).await?;
+
+        let keyframe_wanted = Arc::new(AtomicBool::new(false));
+        tokio::spawn(watch_feedback(track.clone(), keyframe_wanted.clone()));
+        Ok(LocalTrack {
+            cid,
+            kind,
+            track,
+            ssrc,
+            payload_type,
+            keyframe_wanted,
+        })
+    }
+
+    fn on_peer(&mut self, event: PeerEvent) -> Vec<String> {
+        match event {
+            PeerEvent::Candidate(init) => {
+                let candidate = IceCandidate {
+                    candidate: init.candidate,
+                    sdp_mid: None,
+                    sdp_mline_index: Some(0),
+                };
+                vec![to_json(&ClientMessage::Candidate(candidate))]
+            }
+            PeerEvent::State(state) => {
+                let _ = self.events.send(ClientEvent::PeerState(state.to_string()));
+                Vec::new()
+            }
+            PeerEvent::Track(remote) => {
+                tokio::spawn(read_track(remote, self.events.clone()));
+                Vec::new()
+            }
+        }
+    }
+}
+
+async fn watch_feedback(track: Arc<dyn TrackLocal>, wanted: Arc<AtomicBool>) {
+    while let Some(event) = track.poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(_) = event {
+            wanted.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn read_track(remote: Arc<dyn TrackRemote>, events: mpsc::UnboundedSender<ClientEvent>) {
+    let track_id = TrackId::from_string(remote.track_id().await.to_string());
+    while let Some(event) = remote.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                let rtp = ClientEvent::Rtp {
+                    track_id: track_id.clone(),
+                    packet,
+                };
+                if events.send(rtp).is_err() {
+                    return;
+                }
+            }
+            TrackRemoteEvent::OnEnded => return,
+            _ => {}
+        }
+    }
+}
+
+fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: mime.to_owned(),
+        clock_rate,
+        channels,
+        sdp_fmtp_line: fmtp.to_owned(),
+        rtcp_feedback: Vec::new(),
+    }
+}
+
+fn to_json(message: &ClientMessage) -> String {
+    serde_json::to_string(message).expect("client messages serialize")
+}

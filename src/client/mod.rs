@@ -1,0 +1,189 @@
+//! A Rust client of the relais signaling protocol, built on the `webrtc` crate.
+//!
+//! It speaks only what `docs/protocol.md` documents, so the tests that use it
+//! check the protocol as a third-party client would see it. A driver task owns the
+//! socket and the peer connection; it answers server offers by itself and behaves
+//! as the polite peer when offers cross (rolls back its own, answers, re-offers).
+//! The caller publishes tracks, writes RTP and reads events and received packets.
+
+mod driver;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::rtp::packet::Packet;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout_at, Instant};
+use webrtc::media_stream::track_local::TrackLocal;
+
+use crate::ids::TrackId;
+use crate::signal::protocol::{ClientMessage, ServerMessage, TrackKind, TrackSource};
+
+/// How to reach and join a node.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Base URL of the node, e.g. `ws://127.0.0.1:7880`.
+    pub url: String,
+    pub room: String,
+    pub token: String,
+    pub auto_subscribe: bool,
+    /// Local address for the client's media socket.
+    pub bind_ip: IpAddr,
+}
+
+/// Something the client observed.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    Server(ServerMessage),
+    /// An RTP packet of a subscribed track (`track_id` from the stream's `a=msid`).
+    Rtp {
+        track_id: TrackId,
+        packet: Packet,
+    },
+    /// The peer connection's state changed.
+    PeerState(String),
+    /// The socket closed.
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("the server refused the socket with HTTP {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::error::Error),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("the client has stopped")]
+    Stopped,
+}
+
+pub(crate) enum Command {
+    Send(ClientMessage),
+    /// Sends text as is, for tests of malformed input.
+    SendRaw(String),
+    Publish {
+        cid: String,
+        kind: TrackKind,
+        source: TrackSource,
+        reply: oneshot::Sender<Result<LocalTrack, ClientError>>,
+    },
+    Close,
+}
+
+/// A connected client.
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+/// A track this client publishes.
+#[derive(Clone)]
+pub struct LocalTrack {
+    pub cid: String,
+    pub kind: TrackKind,
+    track: Arc<dyn TrackLocal>,
+    ssrc: u32,
+    payload_type: u8,
+    /// Set when the server asked for a keyframe; cleared by `take_keyframe_request`.
+    keyframe_wanted: Arc<AtomicBool>,
+}
+
+impl LocalTrack {
+    /// Writes one packet; SSRC and payload type are set to this track's own.
+    pub async fn write(&self, mut packet: Packet) -> Result<(), ClientError> {
+        packet.header.ssrc = self.ssrc;
+        packet.header.payload_type = self.payload_type;
+        self.track
+            .write_rtp(packet)
+            .await
+            .map_err(ClientError::from)
+    }
+
+    pub fn take_keyframe_request(&self) -> bool {
+        self.keyframe_wanted.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl Client {
+    /// Opens the socket (the token is checked before upgrade) and sends `join`.
+    pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        let (commands, events) = driver::start(options).await?;
+        Ok(Client { commands, events })
+    }
+
+    pub fn send(&self, message: ClientMessage) -> Result<(), ClientError> {
+        self.commands
+            .send(Command::Send(message))
+            .map_err(|_| ClientError::Stopped)
+    }
+
+    pub fn send_raw(&self, text: impl Into<String>) -> Result<(), ClientError> {
+        self.commands
+            .send(Command::SendRaw(text.into()))
+            .map_err(|_| ClientError::Stopped)
+    }
+
+    /// Announces a track, adds it to the connection and offers it to the server.
+    pub async fn publish(
+        &self,
+        cid: &str,
+        kind: TrackKind,
+        source: TrackSource,
+    ) -> Result<LocalTrack, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        let cid = cid.to_owned();
+        self.commands
+            .send(Command::Publish {
+                cid,
+                kind,
+                source,
+                reply,
+            })
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)?
+    }
+
+    /// The next event, or `None` at the deadline or once the client has stopped.
+    pub async fn next_event(&mut self, deadline: Instant) -> Option<ClientEvent> {
+        timeout_at(deadline, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Skips events until one matches, returning it.
+    pub async fn wait_for<T>(
+        &mut self,
+        within: Duration,
+        what: &'static str,
+        mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let event = self
+                .next_event(deadline)
+                .await
+                .ok_or(ClientError::Timeout(what))?;
+            if let Some(found) = pick(&event) {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Closes socket and peer connection.
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

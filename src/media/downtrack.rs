@@ -1,0 +1,93 @@
+//! The down-track: one published track delivered to one subscriber.
+//!
+//! Two small tasks per down-track. The writer drains the queue the up-track fills
+//! and writes each packet to the subscriber's local track, so that a subscriber
+//! whose connection is slow only ever delays itself. The feedback reader turns the
+//! subscriber's PLI and FIR into keyframe requests on the up-track.
+//! Both stop when the queue closes (the up-track dropped this down-track or ended)
+//! or when the subscriber's participant aborts them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rtc::rtp::packet::Packet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+
+use crate::media::forwarder::DownTrackKey;
+use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
+
+/// Counters for one down-track.
+#[derive(Debug, Default)]
+pub struct DownTrackCounters {
+    pub packets_written: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+/// The running tasks of one down-track; dropping it does not stop them, `stop` does.
+pub struct DownTrackTasks {
+    writer: JoinHandle<()>,
+    feedback: JoinHandle<()>,
+    pub counters: Arc<DownTrackCounters>,
+}
+
+impl DownTrackTasks {
+    pub fn stop(&self) {
+        self.writer.abort();
+        self.feedback.abort();
+    }
+}
+
+/// Starts the writer and feedback tasks for a down-track fed from `queue`.
+pub fn spawn(
+    key: DownTrackKey,
+    local: Arc<dyn TrackLocal>,
+    queue: mpsc::Receiver<Packet>,
+    up: UpTrackHandle,
+) -> DownTrackTasks {
+    let counters = Arc::new(DownTrackCounters::default());
+    let writer = tokio::spawn(write_loop(local.clone(), queue, counters.clone()));
+    let feedback = tokio::spawn(feedback_loop(key, local, up, counters.clone()));
+    DownTrackTasks {
+        writer,
+        feedback,
+        counters,
+    }
+}
+
+async fn write_loop(
+    local: Arc<dyn TrackLocal>,
+    mut queue: mpsc::Receiver<Packet>,
+    counters: Arc<DownTrackCounters>,
+) {
+    while let Some(packet) = queue.recv().await {
+        // A write fails while the transceiver is not bound yet or is going away;
+        // the packet is lost either way, and later ones may still go through.
+        match local.write_rtp(packet).await {
+            Ok(()) => counters.packets_written.fetch_add(1, Ordering::Relaxed),
+            Err(_) => counters.write_errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+async fn feedback_loop(
+    key: DownTrackKey,
+    local: Arc<dyn TrackLocal>,
+    up: UpTrackHandle,
+    counters: Arc<DownTrackCounters>,
+) {
+    while let Some(event) = local.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+            continue;
+        };
+        // The feedback interceptor lets only PLI and FIR through to here.
+        for _ in packets {
+            counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+            if !up.send(UpTrackCommand::KeyframeRequest { from: key }) {
+                return;
+            }
+        }
+    }
+}

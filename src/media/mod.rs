@@ -1,0 +1,24 @@
+//! The media plane: forwarding published tracks to their subscribers.
+//!
+//! The forwarding core is I/O-free: plain structs fed with packets and instants through
+//! `handle_*` methods and drained through `poll_*` methods, never reading a clock or a socket.
+//!
+//! - [`codec`]: media kinds, video codecs and keyframe detection in RTP payloads.
+//! - [`rewrite`]: per-subscriber RTP header rewriting into one continuous stream.
+//! - [`keyframe`]: throttling of keyframe requests towards a publisher.
+//! - [`forwarder`]: one per published track, fanning its packets out to its down-tracks.
+//!
+//! Around that core sit thin shells that own tasks and sockets:
+//!
+//! - [`uptrack`]: the task that reads a published track and drives its forwarder.
+//! - [`downtrack`]: the tasks that deliver one track to one subscriber.
+//! - [`feedback`]: the interceptor that surfaces subscribers' keyframe requests.
+
+pub mod codec;
+pub mod forwarder;
+pub mod keyframe;
+pub mod rewrite;
+
+pub mod downtrack;
+pub mod feedback;
+pub mod uptrack;

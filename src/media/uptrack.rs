@@ -1,0 +1,219 @@
+//! The up-track: the task that reads one published track and drives its forwarder.
+//!
+//! This is the hot path. One task per published track reads RTP from the
+//! publisher's peer connection, hands each packet to the I/O-free [`Forwarder`],
+//! and pushes the rewritten copies into each down-track's bounded queue. No actor
+//! mailbox sees a packet. A slow subscriber fills only its own queue: its packets
+//! are dropped and counted, and nobody else waits for it.
+//!
+//! The task owns the forwarder; everyone else talks to it through an
+//! [`UpTrackHandle`], whose commands it interleaves with packets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::packet::Packet;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use crate::ids::TrackId;
+use crate::media::forwarder::{DownTrackKey, Forwarder, ForwarderConfig};
+
+/// Packets a down-track may have queued before new ones are dropped for it.
+pub const DOWN_TRACK_QUEUE: usize = 512;
+
+/// Where the forwarder's output for one down-track goes.
+pub type DownTrackSink = mpsc::Sender<Packet>;
+
+/// Commands to an up-track task.
+#[derive(Debug)]
+pub enum UpTrackCommand {
+    AddDownTrack {
+        key: DownTrackKey,
+        ssrc: u32,
+        payload_type: u8,
+        sink: DownTrackSink,
+    },
+    RemoveDownTrack {
+        key: DownTrackKey,
+    },
+    SetPaused {
+        key: DownTrackKey,
+        paused: bool,
+    },
+    KeyframeRequest {
+        from: DownTrackKey,
+    },
+    Stop,
+}
+
+/// Counters shared with whoever wants to read them; written only by the task.
+#[derive(Debug, Default)]
+pub struct UpTrackCounters {
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    /// Packets dropped because a down-track's queue was full.
+    pub queue_drops: AtomicU64,
+    pub keyframe_requests_sent: AtomicU64,
+}
+
+/// A cheap, clonable way to reach an up-track task.
+#[derive(Clone, Debug)]
+pub struct UpTrackHandle {
+    pub track_id: TrackId,
+    /// The publisher's codec, which every down-track negotiates in turn.
+    pub codec: RTCRtpCodec,
+    commands: mpsc::UnboundedSender<UpTrackCommand>,
+    pub counters: Arc<UpTrackCounters>,
+}
+
+impl UpTrackHandle {
+    /// Sends a command; false when the up-track has ended.
+    pub fn send(&self, command: UpTrackCommand) -> bool {
+        self.commands.send(command).is_ok()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+}
+
+/// Everything the task needs; built by the publisher's participant.
+pub struct UpTrack {
+    pub track_id: TrackId,
+    pub remote: Arc<dyn TrackRemote>,
+    pub media_ssrc: u32,
+    pub codec: RTCRtpCodec,
+    pub config: ForwarderConfig,
+}
+
+/// Starts the task on the current runtime. `on_end` runs once when it stops.
+pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTrackHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let counters = Arc::new(UpTrackCounters::default());
+    let handle = UpTrackHandle {
+        track_id: up.track_id.clone(),
+        codec: up.codec.clone(),
+        commands: tx,
+        counters: counters.clone(),
+    };
+    tokio::spawn(async move {
+        let track_id = up.track_id.clone();
+        run(up, rx, counters).await;
+        on_end(track_id);
+    });
+    handle
+}
+
+struct Loop {
+    forwarder: Forwarder,
+    sinks: HashMap<DownTrackKey, DownTrackSink>,
+    out: Vec<(DownTrackKey, Packet)>,
+    counters: Arc<UpTrackCounters>,
+}
+
+async fn run(
+    up: UpTrack,
+    mut commands: mpsc::UnboundedReceiver<UpTrackCommand>,
+    counters: Arc<UpTrackCounters>,
+) {
+    let mut state = Loop {
+        forwarder: Forwarder::new(up.config),
+        sinks: HashMap::new(),
+        out: Vec::new(),
+        counters,
+    };
+    loop {
+        let wake = state.forwarder.poll_timeout();
+        tokio::select! {
+            event = up.remote.poll() => match event {
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) => state.forward(packet),
+                Some(TrackRemoteEvent::OnEnded) | None => break,
+                Some(_) => {}
+            },
+            command = commands.recv() => match command {
+                Some(UpTrackCommand::Stop) | None => break,
+                Some(command) => state.apply(command),
+            },
+            _ = sleep_until_opt(wake) => {}
+        }
+        state
+            .request_keyframe_if_due(&*up.remote, up.media_ssrc)
+            .await;
+    }
+}
+
+impl Loop {
+    fn forward(&mut self, mut packet: Packet) {
+        let now = Instant::now();
+        // Extension ids are negotiated per connection: the publisher's mean nothing
+        // to a subscriber, and the subscriber's own interceptors add theirs.
+        packet.header.extension = false;
+        packet.header.extensions.clear();
+        self.counters.packets_in.fetch_add(1, Ordering::Relaxed);
+        self.out.clear();
+        self.forwarder.handle_rtp(now, &packet, &mut self.out);
+
+        for (key, copy) in self.out.drain(..) {
+            let Some(sink) = self.sinks.get(&key) else {
+                continue;
+            };
+            match sink.try_send(copy) {
+                Ok(()) => self.counters.packets_out.fetch_add(1, Ordering::Relaxed),
+                Err(_) => self.counters.queue_drops.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+
+    fn apply(&mut self, command: UpTrackCommand) {
+        let now = Instant::now();
+        match command {
+            UpTrackCommand::AddDownTrack {
+                key,
+                ssrc,
+                payload_type,
+                sink,
+            } => {
+                self.sinks.insert(key, sink);
+                self.forwarder.add_down_track(now, key, ssrc, payload_type);
+            }
+            UpTrackCommand::RemoveDownTrack { key } => {
+                self.sinks.remove(&key);
+                self.forwarder.remove_down_track(key);
+            }
+            UpTrackCommand::SetPaused { key, paused } => self.forwarder.set_paused(key, paused),
+            UpTrackCommand::KeyframeRequest { from } => {
+                self.forwarder.handle_keyframe_request(now, from)
+            }
+            UpTrackCommand::Stop => {}
+        }
+    }
+
+    async fn request_keyframe_if_due(&mut self, remote: &dyn TrackRemote, media_ssrc: u32) {
+        if !self.forwarder.poll_keyframe_request(Instant::now()) {
+            return;
+        }
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        // A failed write means the publisher is going away; the poll loop sees it next.
+        if remote.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
+            self.counters
+                .keyframe_requests_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

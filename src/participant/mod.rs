@@ -1,0 +1,405 @@
+//! The participant actor: one client's session, its peer connection and its socket.
+//!
+//! A participant owns exactly one peer connection, used both to publish and to
+//! subscribe. It turns client messages into room and media actions and room events
+//! into client messages. Negotiation is serialized: each offer/answer step runs
+//! with the mailbox held (`ctx.wait`), and the server offers only while no offer of
+//! its own is outstanding. When a client offer crosses a server offer, the server
+//! wins (it is the impolite peer) and the client answers first, then re-offers.
+//!
+//! Media never passes through this actor: it wires up-tracks and down-tracks and
+//! steps aside.
+
+mod negotiation;
+pub mod peer;
+mod publications;
+pub mod socket;
+mod subscriptions;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_ws::CloseCode;
+use tracing::{debug, info, warn};
+use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
+
+use crate::auth::Claims;
+use crate::ids::{ParticipantId, RoomName};
+use crate::media::uptrack::UpTrackHandle;
+use crate::participant::peer::{PeerEvent, PeerFactory};
+use crate::participant::socket::{Inbound, Outbox};
+use crate::room::messages::{Join, JoinRefused, Leave, OpenRoom, RoomEvent};
+use crate::room::registry::RoomRegistry;
+use crate::room::room::Room;
+use crate::signal::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, Limits, ParticipantInfo, ServerMessage, TrackInfo,
+    PROTOCOL_VERSION,
+};
+
+pub use publications::Announced;
+use publications::Publication;
+use subscriptions::Subscription;
+
+/// What a participant needs from the node, shared by all participants.
+pub struct NodeContext {
+    pub node_id: String,
+    pub registry: Addr<RoomRegistry>,
+    pub peers: PeerFactory,
+    pub limits: Limits,
+}
+
+pub struct Participant {
+    id: ParticipantId,
+    claims: Claims,
+    room_name: RoomName,
+    node: Arc<NodeContext>,
+    outbox: Outbox,
+    /// Set once the room accepted the join.
+    room: Option<Addr<Room>>,
+    pc: Option<Arc<dyn PeerConnection>>,
+    auto_subscribe: bool,
+    /// A server offer awaits the client's answer.
+    offer_outstanding: bool,
+    /// Subscriptions changed since the last server offer.
+    renegotiate: bool,
+    /// Tracks the client described before sending media, by their `cid`.
+    announced: HashMap<String, Announced>,
+    published: HashMap<crate::ids::TrackId, Publication>,
+    subscriptions: HashMap<crate::ids::TrackId, Subscription>,
+    /// Down-track keys are unique per participant.
+    next_key: u64,
+    left: bool,
+}
+
+impl Participant {
+    pub fn new(
+        claims: Claims,
+        room_name: RoomName,
+        node: Arc<NodeContext>,
+        outbox: Outbox,
+    ) -> Self {
+        Self {
+            id: ParticipantId::random(),
+            claims,
+            room_name,
+            node,
+            outbox,
+            room: None,
+            pc: None,
+            auto_subscribe: true,
+            offer_outstanding: false,
+            renegotiate: false,
+            announced: HashMap::new(),
+            published: HashMap::new(),
+            subscriptions: HashMap::new(),
+            next_key: 0,
+            left: false,
+        }
+    }
+
+    fn info(&self) -> ParticipantInfo {
+        ParticipantInfo {
+            id: self.id.clone(),
+            identity: self.claims.sub.clone(),
+            name: self.claims.name.clone(),
+            tracks: Vec::new(),
+        }
+    }
+
+    fn send(&self, message: ServerMessage) {
+        if !self.outbox.send(&message) {
+            debug!(participant = %self.id, "client is not reading; message dropped");
+        }
+    }
+
+    fn send_error(&self, code: ErrorCode, message: impl Into<String>, request: &str) {
+        self.send(ServerMessage::error(code, message, Some(request)));
+    }
+
+    /// Leaves the room once, telling the client why, and stops the actor.
+    fn leave(&mut self, reason: LeaveReason, ctx: &mut Context<Self>) {
+        if !self.left {
+            self.left = true;
+            if let Some(room) = &self.room {
+                room.do_send(Leave {
+                    participant_id: self.id.clone(),
+                    reason,
+                });
+            }
+        }
+        ctx.stop();
+    }
+
+    fn close_socket(&self, reason: LeaveReason) {
+        self.send(ServerMessage::Leave { reason });
+        let code = match reason {
+            LeaveReason::ProtocolViolation => CloseCode::Policy,
+            LeaveReason::ServerShutdown => CloseCode::Away,
+            _ => CloseCode::Normal,
+        };
+        self.outbox.close(code, "session ended");
+    }
+
+    fn on_join(&mut self, auto_subscribe: bool, ctx: &mut Context<Self>) {
+        if self.room.is_some() {
+            return self.send_error(ErrorCode::AlreadyJoined, "already joined", "join");
+        }
+        self.auto_subscribe = auto_subscribe;
+        let registry = self.node.registry.clone();
+        let name = self.room_name.clone();
+        let info = self.info();
+        let events = ctx.address().recipient();
+        let fut = async move {
+            // One retry: the room may close between lookup and join.
+            for _ in 0..2 {
+                let room = registry.send(OpenRoom { name: name.clone() }).await?;
+                let join = Join {
+                    info: info.clone(),
+                    events: events.clone(),
+                };
+                match room.send(join).await? {
+                    Err(JoinRefused::Closed) => continue,
+                    other => return Ok((room, other)),
+                }
+            }
+            Err(MailboxError::Closed)
+        };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok((room, Ok(accepted))) => act.joined(room, accepted, ctx),
+            Ok((_, Err(JoinRefused::Full))) => {
+                act.send_error(ErrorCode::RoomFull, "the room is full", "join");
+                act.close_socket(LeaveReason::RoomClosed);
+                ctx.stop();
+            }
+            Ok((_, Err(JoinRefused::Closed))) | Err(_) => {
+                act.send_error(ErrorCode::Internal, "the room could not be joined", "join");
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn joined(
+        &mut self,
+        room: Addr<Room>,
+        accepted: crate::room::messages::JoinAccepted,
+        ctx: &mut Context<Self>,
+    ) {
+        info!(room = %self.room_name, participant = %self.id, identity = %self.claims.sub,
+            "participant joined");
+        self.room = Some(room);
+        self.send(ServerMessage::Joined {
+            protocol: PROTOCOL_VERSION,
+            room: self.room_name.to_string(),
+            node: self.node.node_id.clone(),
+            participant: self.info(),
+            participants: accepted.others,
+            limits: self.node.limits.clone(),
+        });
+        let initial = if self.auto_subscribe {
+            accepted.tracks
+        } else {
+            Vec::new()
+        };
+        self.build_peer(initial, ctx);
+    }
+
+    /// Builds the peer connection, then subscribes to the tracks already published.
+    fn build_peer(&mut self, initial: Vec<(TrackInfo, UpTrackHandle)>, ctx: &mut Context<Self>) {
+        let node = self.node.clone();
+        let recipient = ctx.address().recipient();
+        let fut = async move { node.peers.build(recipient).await };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(pc) => {
+                act.pc = Some(pc);
+                for (info, handle) in initial {
+                    act.subscribe_to(info, handle, ctx);
+                }
+            }
+            Err(e) => {
+                warn!(participant = %act.id, error = %e, "peer connection could not be built");
+                act.send_error(
+                    ErrorCode::Internal,
+                    "media is unavailable on this node",
+                    "join",
+                );
+                act.close_socket(LeaveReason::Disconnected);
+                act.leave(LeaveReason::Disconnected, ctx);
+            }
+        }));
+    }
+
+    fn on_client_message(&mut self, msg: ClientMessage, ctx: &mut Context<Self>) {
+        if let ClientMessage::Join { auto_subscribe } = msg {
+            return self.on_join(auto_subscribe, ctx);
+        }
+        if self.room.is_none() || self.pc.is_none() {
+            return self.send_error(ErrorCode::NotJoined, "send `join` first", kind_of(&msg));
+        }
+        match msg {
+            ClientMessage::Join { .. } => {}
+            ClientMessage::PublishTrack {
+                cid,
+                kind,
+                source,
+                name,
+                muted,
+            } => self.announce(
+                cid,
+                Announced {
+                    kind,
+                    source,
+                    name,
+                    muted,
+                },
+            ),
+            ClientMessage::UnpublishTrack { track_id } => self.unpublish(&track_id),
+            ClientMessage::Offer { sdp } => self.on_offer(sdp, ctx),
+            ClientMessage::Answer { sdp } => self.on_answer(sdp, ctx),
+            ClientMessage::Candidate(candidate) => self.on_candidate(candidate, ctx),
+            ClientMessage::Subscribe { track_ids } => self.on_subscribe(track_ids, ctx),
+            ClientMessage::Unsubscribe { track_ids } => {
+                for track_id in track_ids {
+                    self.unsubscribe(&track_id, true, ctx);
+                }
+            }
+            ClientMessage::Mute { track_id, muted } => self.on_mute(track_id, muted, ctx),
+            ClientMessage::Ping { id } => self.send(ServerMessage::Pong { id }),
+            ClientMessage::Leave => {
+                self.outbox.close(CloseCode::Normal, "left");
+                self.leave(LeaveReason::ClientLeave, ctx);
+            }
+        }
+    }
+
+    fn on_room_event(&mut self, event: RoomEvent, ctx: &mut Context<Self>) {
+        match event {
+            RoomEvent::ParticipantJoined(info) if info.id != self.id => {
+                self.send(ServerMessage::ParticipantJoined { participant: info })
+            }
+            RoomEvent::ParticipantJoined(_) => {}
+            RoomEvent::ParticipantLeft {
+                participant_id,
+                reason,
+            } => {
+                if participant_id != self.id {
+                    self.send(ServerMessage::ParticipantLeft {
+                        participant_id,
+                        reason,
+                    });
+                }
+            }
+            RoomEvent::TrackPublished { info, handle } => {
+                self.send(ServerMessage::TrackPublished {
+                    track: info.clone(),
+                });
+                let own = info.participant_id == self.id;
+                if self.auto_subscribe && !own {
+                    self.subscribe_to(info, handle, ctx);
+                }
+            }
+            RoomEvent::TrackUnpublished {
+                participant_id,
+                track_id,
+            } => {
+                self.unsubscribe(&track_id, false, ctx);
+                self.send(ServerMessage::TrackUnpublished {
+                    track_id,
+                    participant_id,
+                });
+            }
+            RoomEvent::TrackMuted { track_id, muted } => {
+                self.send(ServerMessage::TrackMuted { track_id, muted })
+            }
+            RoomEvent::Kick { reason } => {
+                self.close_socket(reason);
+                self.left = true;
+                ctx.stop();
+            }
+        }
+    }
+
+    fn on_peer_state(&mut self, state: RTCPeerConnectionState, ctx: &mut Context<Self>) {
+        debug!(participant = %self.id, %state, "peer connection state");
+        if matches!(
+            state,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+        ) {
+            self.close_socket(LeaveReason::Disconnected);
+            self.leave(LeaveReason::Disconnected, ctx);
+        }
+    }
+}
+
+fn kind_of(msg: &ClientMessage) -> &'static str {
+    match msg {
+        ClientMessage::Join { .. } => "join",
+        ClientMessage::PublishTrack { .. } => "publish_track",
+        ClientMessage::UnpublishTrack { .. } => "unpublish_track",
+        ClientMessage::Offer { .. } => "offer",
+        ClientMessage::Answer { .. } => "answer",
+        ClientMessage::Candidate(_) => "candidate",
+        ClientMessage::Subscribe { .. } => "subscribe",
+        ClientMessage::Unsubscribe { .. } => "unsubscribe",
+        ClientMessage::Mute { .. } => "mute",
+        ClientMessage::Ping { .. } => "ping",
+        ClientMessage::Leave => "leave",
+    }
+}
+
+impl Actor for Participant {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for subscription in self.subscriptions.values() {
+            subscription.stop();
+        }
+        for publication in self.published.values() {
+            publication.stop();
+        }
+        if let Some(room) = self.room.as_ref().filter(|_| !self.left) {
+            let reason = LeaveReason::Disconnected;
+            room.do_send(Leave {
+                participant_id: self.id.clone(),
+                reason,
+            });
+        }
+        if let Some(pc) = self.pc.take() {
+            tokio::spawn(async move {
+                let _ = pc.close().await;
+            });
+        }
+        debug!(participant = %self.id, "participant stopped");
+    }
+}
+
+impl Handler<Inbound> for Participant {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
+        match msg {
+            Inbound::Message(msg) => self.on_client_message(msg, ctx),
+            Inbound::Closed(_) => self.leave(LeaveReason::Disconnected, ctx),
+        }
+    }
+}
+
+impl Handler<RoomEvent> for Participant {
+    type Result = ();
+
+    fn handle(&mut self, event: RoomEvent, ctx: &mut Self::Context) {
+        self.on_room_event(event, ctx);
+    }
+}
+
+impl Handler<PeerEvent> for Participant {
+    type Result = ();
+
+    fn handle(&mut self, event: PeerEvent, ctx: &mut Self::Context) {
+        match event {
+            PeerEvent::Candidate(candidate) => self.send(ServerMessage::Candidate(candidate)),
+            PeerEvent::State(state) => self.on_peer_state(state, ctx),
+            PeerEvent::Track(remote) => self.on_remote_track(remote, ctx),
+        }
+    }
+}

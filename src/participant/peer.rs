@@ -1,0 +1,217 @@
+//! Building a participant's peer connection and turning its events into messages.
+//!
+//! relais negotiates a fixed codec set (Opus; VP8 and H.264) so that every
+//! published track can be forwarded to every subscriber without transcoding. The
+//! event handler does one thing per event: wrap it in a [`PeerEvent`] for the
+//! participant actor that owns the connection.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use actix::Recipient;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Slot;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+};
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateType,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
+};
+
+use crate::config::MediaConfig;
+use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
+use crate::signal::protocol::IceCandidate;
+
+/// What the peer connection tells its participant.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub enum PeerEvent {
+    /// A local ICE candidate to trickle to the client.
+    Candidate(IceCandidate),
+    State(RTCPeerConnectionState),
+    /// The client started sending a track.
+    Track(Arc<dyn TrackRemote>),
+}
+
+struct Handler {
+    participant: Recipient<PeerEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        // A candidate that cannot be written as SDP is useless to the client.
+        let Ok(init) = event.candidate.to_json() else {
+            return;
+        };
+        self.participant.do_send(PeerEvent::Candidate(IceCandidate {
+            candidate: init.candidate,
+            sdp_mid: None,
+            sdp_mline_index: Some(0),
+        }));
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.participant.do_send(PeerEvent::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        self.participant.do_send(PeerEvent::Track(track));
+    }
+}
+
+/// Builds peer connections for one node: codecs, interceptors and UDP ports.
+#[derive(Debug)]
+pub struct PeerFactory {
+    media: MediaConfig,
+    /// Round-robin cursor over the configured UDP port range.
+    next_port: AtomicU32,
+}
+
+impl PeerFactory {
+    pub fn new(media: MediaConfig) -> Self {
+        Self {
+            media,
+            next_port: AtomicU32::new(0),
+        }
+    }
+
+    /// A new peer connection whose events go to `participant`.
+    pub async fn build(
+        &self,
+        participant: Recipient<PeerEvent>,
+    ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
+        let handler = Arc::new(Handler { participant });
+        let mut last_error = None;
+        for addr in self.candidate_addrs() {
+            match self.build_on(addr, handler.clone()).await {
+                Ok(pc) => return Ok(pc),
+                // The port may be held by another connection or process: try the next.
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no UDP port to bind").into()))
+    }
+
+    /// Addresses to try binding, in order: one per port of the range, from the cursor.
+    fn candidate_addrs(&self) -> Vec<SocketAddr> {
+        let (min, max) = (self.media.udp_port_min, self.media.udp_port_max);
+        if min == 0 {
+            return vec![SocketAddr::new(self.media.bind_ip, 0)];
+        }
+        let span = u32::from(max - min) + 1;
+        let start = self.next_port.fetch_add(1, Ordering::Relaxed) % span;
+        (0..span.min(64))
+            .map(|i| min as u32 + (start + i) % span)
+            .map(|port| SocketAddr::new(self.media.bind_ip, port as u16))
+            .collect()
+    }
+
+    async fn build_on(
+        &self,
+        addr: SocketAddr,
+        handler: Arc<Handler>,
+    ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
+        let mut media_engine = media_engine()?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+            .with(Slot::from(FEEDBACK_SLOT), KeyframeFeedback::default());
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(self.setting_engine())
+            .with_handler(handler)
+            .with_udp_addrs(vec![addr])
+            .build()
+            .await?;
+        Ok(Arc::new(pc))
+    }
+
+    fn setting_engine(&self) -> webrtc::peer_connection::SettingEngine {
+        // mDNS would open a multicast socket and hide the host address clients need.
+        let builder =
+            SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled);
+        match self.media.public_ip {
+            Some(ip) => builder
+                .with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host)
+                .build(),
+            None => builder.build(),
+        }
+    }
+
+    pub fn bind_ip(&self) -> IpAddr {
+        self.media.bind_ip
+    }
+}
+
+/// The codecs relais forwards. No RTX: publishers retransmit in the original stream.
+pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
+    let mut engine = MediaEngine::default();
+    let opus = codec(
+        MIME_TYPE_OPUS,
+        48_000,
+        2,
+        "minptime=10;useinbandfec=1",
+        vec![],
+        111,
+    );
+    engine.register_codec(opus, RtpCodecKind::Audio)?;
+
+    let videos = [
+        (MIME_TYPE_VP8, "", 96),
+        (MIME_TYPE_H264, H264_FMTP_BASELINE, 102),
+        (MIME_TYPE_H264, H264_FMTP_CONSTRAINED, 125),
+    ];
+    for (mime, fmtp, pt) in videos {
+        let params = codec(mime, 90_000, 0, fmtp, video_feedback(), pt);
+        engine.register_codec(params, RtpCodecKind::Video)?;
+    }
+    Ok(engine)
+}
+
+const H264_FMTP_BASELINE: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f";
+const H264_FMTP_CONSTRAINED: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+fn codec(
+    mime: &str,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: &str,
+    rtcp_feedback: Vec<RTCPFeedback>,
+    payload_type: u8,
+) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback,
+        },
+        payload_type,
+    }
+}
+
+fn video_feedback() -> Vec<RTCPFeedback> {
+    [
+        ("nack", ""),
+        ("nack", "pli"),
+        ("ccm", "fir"),
+        ("goog-remb", ""),
+    ]
+    .into_iter()
+    .map(|(typ, parameter)| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    })
+    .collect()
+}

@@ -1,0 +1,232 @@
+//! The tracks a participant publishes: from the client's description to an up-track.
+//!
+//! A client may describe a track (`publish_track`) before its media arrives; the
+//! description is matched to the incoming track by the `a=msid` track id. An
+//! undescribed track is published with defaults taken from its kind.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+use webrtc::media_stream::track_remote::TrackRemote;
+
+use super::Participant;
+use crate::ids::TrackId;
+use crate::media::codec::{MediaKind, VideoCodec};
+use crate::media::forwarder::ForwarderConfig;
+use crate::media::uptrack::{self, UpTrack, UpTrackCommand, UpTrackHandle};
+use crate::room::messages::{PublishTrack, SetTrackMuted, UnpublishTrack};
+use crate::signal::protocol::{ErrorCode, TrackInfo, TrackKind, TrackSource};
+
+/// The most tracks one participant may have described but not yet sent.
+const MAX_ANNOUNCED: usize = 32;
+
+/// What a client said about a track before sending it.
+#[derive(Debug, Clone)]
+pub struct Announced {
+    pub kind: TrackKind,
+    pub source: TrackSource,
+    pub name: String,
+    pub muted: bool,
+}
+
+pub(super) struct Publication {
+    pub handle: UpTrackHandle,
+}
+
+impl Publication {
+    pub fn stop(&self) {
+        self.handle.send(UpTrackCommand::Stop);
+    }
+}
+
+/// Sent by an up-track task when it ends.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct UpTrackEnded {
+    pub track_id: TrackId,
+}
+
+/// What the remote track says about itself, read off the connection.
+struct RemoteFacts {
+    cid: String,
+    ssrc: u32,
+    codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
+    kind: TrackKind,
+}
+
+impl Participant {
+    pub(super) fn announce(&mut self, cid: String, announced: Announced) {
+        if !self.claims.grants.publish {
+            return self.send_error(
+                ErrorCode::PermissionDenied,
+                "token does not grant publish",
+                "publish_track",
+            );
+        }
+        if self.announced.len() >= MAX_ANNOUNCED && !self.announced.contains_key(&cid) {
+            return self.send_error(
+                ErrorCode::PermissionDenied,
+                "too many announced tracks",
+                "publish_track",
+            );
+        }
+        self.announced.insert(cid, announced);
+    }
+
+    pub(super) fn on_remote_track(
+        &mut self,
+        remote: Arc<dyn TrackRemote>,
+        ctx: &mut Context<Self>,
+    ) {
+        let facts = {
+            let remote = remote.clone();
+            async move {
+                let ssrc = *remote.ssrcs().await.first()?;
+                let codec = remote.codec(ssrc).await?;
+                let kind = match remote.kind().await {
+                    rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio => TrackKind::Audio,
+                    _ => TrackKind::Video,
+                };
+                let cid = remote.track_id().await.to_string();
+                Some(RemoteFacts {
+                    cid,
+                    ssrc,
+                    codec,
+                    kind,
+                })
+            }
+        };
+        ctx.spawn(
+            facts
+                .into_actor(self)
+                .map(move |facts, act, ctx| match facts {
+                    Some(facts) => act.publish(remote, facts, ctx),
+                    None => warn!(participant = %act.id, "incoming track without SSRC or codec"),
+                }),
+        );
+    }
+
+    fn publish(
+        &mut self,
+        remote: Arc<dyn TrackRemote>,
+        facts: RemoteFacts,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.claims.grants.publish {
+            return self.send_error(
+                ErrorCode::PermissionDenied,
+                "token does not grant publish",
+                "offer",
+            );
+        }
+        let announced = self
+            .announced
+            .remove(&facts.cid)
+            .unwrap_or_else(|| default_announced(facts.kind));
+        let info = TrackInfo {
+            id: TrackId::random(),
+            participant_id: self.id.clone(),
+            cid: facts.cid,
+            kind: facts.kind,
+            source: announced.source,
+            name: announced.name,
+            mime_type: facts.codec.mime_type.clone(),
+            muted: announced.muted,
+        };
+        info!(participant = %self.id, track = %info.id, mime = %info.mime_type, "track published");
+
+        let me = ctx.address();
+        let up = UpTrack {
+            track_id: info.id.clone(),
+            remote,
+            media_ssrc: facts.ssrc,
+            codec: facts.codec.clone(),
+            config: forwarder_config(facts.kind, &facts.codec.mime_type),
+        };
+        let handle = uptrack::spawn(up, move |track_id| me.do_send(UpTrackEnded { track_id }));
+        self.published.insert(
+            info.id.clone(),
+            Publication {
+                handle: handle.clone(),
+            },
+        );
+        if let Some(room) = &self.room {
+            room.do_send(PublishTrack { info, handle });
+        }
+    }
+
+    pub(super) fn unpublish(&mut self, track_id: &TrackId) {
+        let Some(publication) = self.published.remove(track_id) else {
+            return self.send_error(
+                ErrorCode::UnknownTrack,
+                "no such track of yours",
+                "unpublish_track",
+            );
+        };
+        publication.stop();
+        self.tell_room_unpublished(track_id);
+    }
+
+    fn tell_room_unpublished(&self, track_id: &TrackId) {
+        if let Some(room) = &self.room {
+            let msg = UnpublishTrack {
+                participant_id: self.id.clone(),
+                track_id: track_id.clone(),
+            };
+            room.do_send(msg);
+        }
+    }
+
+    pub(super) fn on_mute(&mut self, track_id: TrackId, muted: bool, ctx: &mut Context<Self>) {
+        let Some(room) = self.room.clone() else {
+            return;
+        };
+        let msg = SetTrackMuted {
+            participant_id: self.id.clone(),
+            track_id,
+            muted,
+        };
+        let fut = async move { room.send(msg).await.unwrap_or(false) };
+        ctx.spawn(fut.into_actor(self).map(|known, act, _ctx| {
+            if !known {
+                act.send_error(ErrorCode::UnknownTrack, "no such track of yours", "mute");
+            }
+        }));
+    }
+}
+
+impl Handler<UpTrackEnded> for Participant {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpTrackEnded, _ctx: &mut Self::Context) {
+        if self.published.remove(&msg.track_id).is_some() {
+            self.tell_room_unpublished(&msg.track_id);
+        }
+    }
+}
+
+fn default_announced(kind: TrackKind) -> Announced {
+    let source = match kind {
+        TrackKind::Audio => TrackSource::Microphone,
+        TrackKind::Video => TrackSource::Camera,
+    };
+    Announced {
+        kind,
+        source,
+        name: String::new(),
+        muted: false,
+    }
+}
+
+fn forwarder_config(kind: TrackKind, mime: &str) -> ForwarderConfig {
+    let (kind, codec) = match kind {
+        TrackKind::Audio => (MediaKind::Audio, VideoCodec::Other),
+        TrackKind::Video => (MediaKind::Video, VideoCodec::from_mime(mime)),
+    };
+    ForwarderConfig {
+        kind,
+        codec,
+        keyframe_interval: std::time::Duration::from_millis(500),
+    }
+}

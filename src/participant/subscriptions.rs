@@ -1,0 +1,261 @@
+//! The tracks a participant receives: one down-track per subscribed track.
+//!
+//! Subscribing adds a local track to the peer connection and asks for a server
+//! offer. Only once the client has answered are the negotiated `mid` and payload
+//! type known; then the down-track is attached to the publisher's forwarder and
+//! the client is told `subscribed`.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use rtc::media_stream::{MediaStreamId, MediaStreamTrack, MediaStreamTrackId};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::mpsc;
+use tracing::debug;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::peer_connection::PeerConnection;
+use webrtc::rtp_transceiver::RtpSender;
+
+use super::Participant;
+use crate::ids::TrackId;
+use crate::media::downtrack::{self, DownTrackTasks};
+use crate::media::forwarder::DownTrackKey;
+use crate::media::uptrack::{UpTrackCommand, UpTrackHandle, DOWN_TRACK_QUEUE};
+use crate::room::messages::FindTrack;
+use crate::signal::protocol::{ErrorCode, ServerMessage, TrackInfo, TrackKind};
+
+pub(super) struct Subscription {
+    key: DownTrackKey,
+    ssrc: u32,
+    up: UpTrackHandle,
+    local: Arc<dyn TrackLocal>,
+    sender: Option<Arc<dyn RtpSender>>,
+    /// Running once the client answered the offer that carries this track.
+    tasks: Option<DownTrackTasks>,
+}
+
+impl Subscription {
+    pub fn stop(&self) {
+        if let Some(tasks) = &self.tasks {
+            tasks.stop();
+        }
+        self.up
+            .send(UpTrackCommand::RemoveDownTrack { key: self.key });
+    }
+}
+
+/// What negotiation settled for one subscription.
+struct Negotiated {
+    track_id: TrackId,
+    mid: String,
+    payload_type: u8,
+}
+
+impl Participant {
+    pub(super) fn on_subscribe(&mut self, track_ids: Vec<TrackId>, ctx: &mut Context<Self>) {
+        if !self.claims.grants.subscribe {
+            let message = "token does not grant subscribe";
+            return self.send_error(ErrorCode::PermissionDenied, message, "subscribe");
+        }
+        let Some(room) = self.room.clone() else {
+            return;
+        };
+        for track_id in track_ids {
+            let fut = room.send(FindTrack {
+                track_id: track_id.clone(),
+            });
+            ctx.wait(
+                fut.into_actor(self)
+                    .map(move |found, act, ctx| match found {
+                        Ok(Some((info, handle))) if info.participant_id != act.id => {
+                            act.subscribe_to(info, handle, ctx)
+                        }
+                        _ => act.send_error(
+                            ErrorCode::UnknownTrack,
+                            format!("no track {track_id}"),
+                            "subscribe",
+                        ),
+                    }),
+            );
+        }
+    }
+
+    /// Adds a down-track for `info` and asks for renegotiation.
+    pub(super) fn subscribe_to(
+        &mut self,
+        info: TrackInfo,
+        up: UpTrackHandle,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.claims.grants.subscribe || self.subscriptions.contains_key(&info.id) {
+            return;
+        }
+        let Some(pc) = self.pc.clone() else { return };
+        self.next_key += 1;
+        let key = DownTrackKey(self.next_key);
+        let ssrc = rand::random::<u32>().max(1);
+        let local: Arc<dyn TrackLocal> = Arc::new(local_track(&info, &up.codec, ssrc));
+        let track_id = info.id.clone();
+        self.subscriptions.insert(
+            track_id.clone(),
+            Subscription {
+                key,
+                ssrc,
+                up,
+                local: local.clone(),
+                sender: None,
+                tasks: None,
+            },
+        );
+
+        let fut = async move { pc.add_track(local).await };
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(sender) => {
+                if let Some(sub) = act.subscriptions.get_mut(&track_id) {
+                    sub.sender = Some(sender);
+                }
+                act.renegotiate = true;
+                act.maybe_offer(ctx);
+            }
+            Err(e) => {
+                debug!(participant = %act.id, error = %e, "add_track failed");
+                act.subscriptions.remove(&track_id);
+                act.send_error(ErrorCode::Internal, "subscription failed", "subscribe");
+            }
+        }));
+    }
+
+    /// After an answer: starts the down-tracks whose transceivers are now negotiated.
+    pub(super) fn activate_subscriptions(&mut self, ctx: &mut Context<Self>) {
+        let Some(pc) = self.pc.clone() else { return };
+        let pending: Vec<(TrackId, Arc<dyn RtpSender>, String)> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.tasks.is_none())
+            .filter_map(|(id, s)| {
+                Some((id.clone(), s.sender.clone()?, s.up.codec.mime_type.clone()))
+            })
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let fut = negotiated(pc, pending);
+        ctx.wait(fut.into_actor(self).map(|settled, act, _ctx| {
+            for negotiated in settled {
+                act.start_down_track(negotiated);
+            }
+        }));
+    }
+
+    fn start_down_track(&mut self, negotiated: Negotiated) {
+        let Some(sub) = self.subscriptions.get_mut(&negotiated.track_id) else {
+            return;
+        };
+        let (sink, queue) = mpsc::channel(DOWN_TRACK_QUEUE);
+        sub.up.send(UpTrackCommand::AddDownTrack {
+            key: sub.key,
+            ssrc: sub.ssrc,
+            payload_type: negotiated.payload_type,
+            sink,
+        });
+        sub.tasks = Some(downtrack::spawn(
+            sub.key,
+            sub.local.clone(),
+            queue,
+            sub.up.clone(),
+        ));
+        let track_id = negotiated.track_id;
+        self.send(ServerMessage::Subscribed {
+            track_id,
+            mid: negotiated.mid,
+        });
+    }
+
+    /// Ends a subscription; `tell` says whether the client asked (and gets `unsubscribed`).
+    pub(super) fn unsubscribe(&mut self, track_id: &TrackId, tell: bool, ctx: &mut Context<Self>) {
+        let Some(sub) = self.subscriptions.remove(track_id) else {
+            if tell {
+                self.send_error(ErrorCode::UnknownTrack, "not subscribed", "unsubscribe");
+            }
+            return;
+        };
+        sub.stop();
+        if tell {
+            self.send(ServerMessage::Unsubscribed {
+                track_id: track_id.clone(),
+            });
+        }
+        let (Some(pc), Some(sender)) = (self.pc.clone(), sub.sender) else {
+            return;
+        };
+        let fut = async move { pc.remove_track(&sender).await };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
+            if res.is_ok() {
+                act.renegotiate = true;
+                act.maybe_offer(ctx);
+            }
+        }));
+    }
+}
+
+/// Reads mid and payload type of each pending subscription's transceiver.
+async fn negotiated(
+    pc: Arc<dyn PeerConnection>,
+    pending: Vec<(TrackId, Arc<dyn RtpSender>, String)>,
+) -> Vec<Negotiated> {
+    let mut settled = Vec::new();
+    let transceivers = pc.get_transceivers().await;
+    for (track_id, sender, mime) in pending {
+        let mut mid = None;
+        for transceiver in &transceivers {
+            let Ok(Some(candidate)) = transceiver.sender().await else {
+                continue;
+            };
+            if candidate.id() == sender.id() {
+                mid = transceiver.mid().await.ok().flatten();
+            }
+        }
+        let Some(mid) = mid else { continue };
+        let Ok(params) = sender.get_parameters().await else {
+            continue;
+        };
+        let codec = params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime));
+        let Some(codec) = codec else { continue };
+        settled.push(Negotiated {
+            track_id,
+            mid,
+            payload_type: codec.payload_type,
+        });
+    }
+    settled
+}
+
+fn local_track(info: &TrackInfo, codec: &RTCRtpCodec, ssrc: u32) -> TrackLocalStaticRTP {
+    let kind = match info.kind {
+        TrackKind::Audio => RtpCodecKind::Audio,
+        TrackKind::Video => RtpCodecKind::Video,
+    };
+    let encoding = RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            ssrc: Some(ssrc),
+            ..Default::default()
+        },
+        codec: codec.clone(),
+        ..Default::default()
+    };
+    // The stream id groups a publisher's tracks, so clients can lip-sync them.
+    TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        MediaStreamId::from(info.participant_id.to_string()),
+        MediaStreamTrackId::from(info.id.to_string()),
+        info.name.clone(),
+        kind,
+        vec![encoding],
+    ))
+}

@@ -1,0 +1,128 @@
+//! Messages between participants, rooms and the room registry.
+
+use actix::{Addr, Message, Recipient};
+
+use crate::ids::{ParticipantId, RoomName, TrackId};
+use crate::media::uptrack::UpTrackHandle;
+use crate::room::room::Room;
+use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo};
+
+/// Asks the registry for the room's actor, creating the room if needed.
+#[derive(Message)]
+#[rtype(result = "Addr<Room>")]
+pub struct OpenRoom {
+    pub name: RoomName,
+}
+
+/// A room tells the registry it has closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomClosed {
+    pub name: RoomName,
+    pub room: Addr<Room>,
+}
+
+/// Number of open rooms and their participants, for readiness and logs.
+#[derive(Message)]
+#[rtype(result = "RegistryStats")]
+pub struct GetRegistryStats;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    pub rooms: usize,
+}
+
+/// Closes every room: the node is shutting down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseAll;
+
+/// A participant enters a room.
+#[derive(Message)]
+#[rtype(result = "Result<JoinAccepted, JoinRefused>")]
+pub struct Join {
+    pub info: ParticipantInfo,
+    pub events: Recipient<RoomEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinAccepted {
+    /// Everyone already in the room, with their tracks.
+    pub others: Vec<ParticipantInfo>,
+    /// Handles of the tracks already published, to subscribe to.
+    pub tracks: Vec<(TrackInfo, UpTrackHandle)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefused {
+    #[error("the room is full")]
+    Full,
+    #[error("the room has closed")]
+    Closed,
+}
+
+/// A participant leaves (or was lost).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub participant_id: ParticipantId,
+    pub reason: LeaveReason,
+}
+
+/// A participant's track is now flowing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PublishTrack {
+    pub info: TrackInfo,
+    pub handle: UpTrackHandle,
+}
+
+/// A participant's track ended or was withdrawn.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UnpublishTrack {
+    pub participant_id: ParticipantId,
+    pub track_id: TrackId,
+}
+
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct SetTrackMuted {
+    pub participant_id: ParticipantId,
+    pub track_id: TrackId,
+    pub muted: bool,
+}
+
+/// Looks a track up for a subscription.
+#[derive(Message)]
+#[rtype(result = "Option<(TrackInfo, UpTrackHandle)>")]
+pub struct FindTrack {
+    pub track_id: TrackId,
+}
+
+/// What a room tells its participants.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub enum RoomEvent {
+    ParticipantJoined(ParticipantInfo),
+    ParticipantLeft {
+        participant_id: ParticipantId,
+        reason: LeaveReason,
+    },
+    TrackPublished {
+        info: TrackInfo,
+        handle: UpTrackHandle,
+    },
+    TrackUnpublished {
+        participant_id: ParticipantId,
+        track_id: TrackId,
+    },
+    TrackMuted {
+        track_id: TrackId,
+        muted: bool,
+    },
+    /// This participant must leave: the room closes or its identity joined again.
+    Kick {
+        reason: LeaveReason,
+    },
+}

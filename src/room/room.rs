@@ -1,0 +1,303 @@
+//! The room actor: membership and published tracks of one meeting on this node.
+//!
+//! The room is the single owner of who is in the meeting and which tracks exist.
+//! It never touches media: it hands out [`UpTrackHandle`]s so that subscribers
+//! attach their down-tracks to the publisher's forwarder directly. Every change is
+//! broadcast to the participants as a [`RoomEvent`]. A room with nobody in it
+//! closes after the configured grace period, unless someone joins in time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{debug, info};
+
+use crate::ids::{ParticipantId, RoomName, TrackId};
+use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
+use crate::room::messages::*;
+use crate::room::registry::RoomRegistry;
+use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo};
+
+struct Member {
+    info: ParticipantInfo,
+    events: Recipient<RoomEvent>,
+}
+
+struct Published {
+    info: TrackInfo,
+    handle: UpTrackHandle,
+}
+
+pub struct Room {
+    name: RoomName,
+    registry: Addr<RoomRegistry>,
+    max_participants: usize,
+    empty_timeout: Duration,
+    members: BTreeMap<ParticipantId, Member>,
+    tracks: BTreeMap<TrackId, Published>,
+    /// Bumped on every join, so a pending close timer knows it is stale.
+    generation: u64,
+    closed: bool,
+}
+
+impl Room {
+    pub fn new(
+        name: RoomName,
+        registry: Addr<RoomRegistry>,
+        max_participants: usize,
+        empty_timeout: Duration,
+    ) -> Self {
+        Self {
+            name,
+            registry,
+            max_participants,
+            empty_timeout,
+            members: BTreeMap::new(),
+            tracks: BTreeMap::new(),
+            generation: 0,
+            closed: false,
+        }
+    }
+
+    fn broadcast(&self, event: RoomEvent, except: Option<&ParticipantId>) {
+        for (id, member) in &self.members {
+            if Some(id) != except {
+                member.events.do_send(event.clone());
+            }
+        }
+    }
+
+    /// Starts the grace timer if the room is empty.
+    fn schedule_close(&mut self, ctx: &mut Context<Self>) {
+        if !self.members.is_empty() {
+            return;
+        }
+        let generation = self.generation;
+        ctx.run_later(self.empty_timeout, move |room, ctx| {
+            if room.members.is_empty() && room.generation == generation {
+                room.close(ctx);
+            }
+        });
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        info!(room = %self.name, "room closed");
+        self.closed = true;
+        self.broadcast(
+            RoomEvent::Kick {
+                reason: LeaveReason::RoomClosed,
+            },
+            None,
+        );
+        for track in self.tracks.values() {
+            track.handle.send(UpTrackCommand::Stop);
+        }
+        self.registry.do_send(RoomClosed {
+            name: self.name.clone(),
+            room: ctx.address(),
+        });
+        ctx.stop();
+    }
+
+    fn snapshot_of(&self, id: &ParticipantId) -> Option<ParticipantInfo> {
+        let member = self.members.get(id)?;
+        let mut info = member.info.clone();
+        info.tracks = self.tracks_of(id);
+        Some(info)
+    }
+
+    fn tracks_of(&self, id: &ParticipantId) -> Vec<TrackInfo> {
+        let owned = |t: &&Published| &t.info.participant_id == id;
+        self.tracks
+            .values()
+            .filter(owned)
+            .map(|t| t.info.clone())
+            .collect()
+    }
+
+    fn remove_tracks_of(&mut self, id: &ParticipantId) {
+        let gone: Vec<TrackId> = self
+            .tracks
+            .values()
+            .filter(|t| &t.info.participant_id == id)
+            .map(|t| t.info.id.clone())
+            .collect();
+        for track_id in gone {
+            self.unpublish(id, &track_id);
+        }
+    }
+
+    fn unpublish(&mut self, participant_id: &ParticipantId, track_id: &TrackId) {
+        let Some(track) = self.tracks.remove(track_id) else {
+            return;
+        };
+        track.handle.send(UpTrackCommand::Stop);
+        let event = RoomEvent::TrackUnpublished {
+            participant_id: participant_id.clone(),
+            track_id: track_id.clone(),
+        };
+        self.broadcast(event, None);
+    }
+
+    /// An older session of the same identity gives way to the new one.
+    fn evict_identity(&mut self, identity: &str) {
+        let old: Vec<ParticipantId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.info.identity == identity)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in old {
+            if let Some(member) = self.members.get(&id) {
+                let kick = RoomEvent::Kick {
+                    reason: LeaveReason::DuplicateIdentity,
+                };
+                member.events.do_send(kick);
+            }
+            self.remove_member(&id, LeaveReason::DuplicateIdentity);
+        }
+    }
+
+    fn remove_member(&mut self, id: &ParticipantId, reason: LeaveReason) {
+        self.remove_tracks_of(id);
+        if self.members.remove(id).is_none() {
+            return;
+        }
+        debug!(room = %self.name, participant = %id, ?reason, "participant left");
+        let event = RoomEvent::ParticipantLeft {
+            participant_id: id.clone(),
+            reason,
+        };
+        self.broadcast(event, None);
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        info!(room = %self.name, "room opened");
+        // A room opened for a join that never arrives must not linger.
+        self.schedule_close(ctx);
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = Result<JoinAccepted, JoinRefused>;
+
+    fn handle(&mut self, msg: Join, _ctx: &mut Self::Context) -> Self::Result {
+        if self.closed {
+            return Err(JoinRefused::Closed);
+        }
+        self.evict_identity(&msg.info.identity);
+        if self.members.len() >= self.max_participants {
+            return Err(JoinRefused::Full);
+        }
+        self.generation += 1;
+
+        let others = self
+            .members
+            .keys()
+            .filter_map(|id| self.snapshot_of(id))
+            .collect();
+        let tracks = self
+            .tracks
+            .values()
+            .map(|t| (t.info.clone(), t.handle.clone()))
+            .collect();
+        self.broadcast(RoomEvent::ParticipantJoined(msg.info.clone()), None);
+        let id = msg.info.id.clone();
+        self.members.insert(
+            id,
+            Member {
+                info: msg.info,
+                events: msg.events,
+            },
+        );
+        Ok(JoinAccepted { others, tracks })
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
+        self.remove_member(&msg.participant_id, msg.reason);
+        self.schedule_close(ctx);
+    }
+}
+
+impl Handler<PublishTrack> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: PublishTrack, _ctx: &mut Self::Context) {
+        // A track that lost the race with its publisher's departure is stopped at once.
+        if !self.members.contains_key(&msg.info.participant_id) {
+            msg.handle.send(UpTrackCommand::Stop);
+            return;
+        }
+        let event = RoomEvent::TrackPublished {
+            info: msg.info.clone(),
+            handle: msg.handle.clone(),
+        };
+        self.tracks.insert(
+            msg.info.id.clone(),
+            Published {
+                info: msg.info,
+                handle: msg.handle,
+            },
+        );
+        self.broadcast(event, None);
+    }
+}
+
+impl Handler<UnpublishTrack> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnpublishTrack, _ctx: &mut Self::Context) {
+        let owned = self
+            .tracks
+            .get(&msg.track_id)
+            .is_some_and(|t| t.info.participant_id == msg.participant_id);
+        if owned {
+            self.unpublish(&msg.participant_id, &msg.track_id);
+        }
+    }
+}
+
+impl Handler<SetTrackMuted> for Room {
+    type Result = bool;
+
+    fn handle(&mut self, msg: SetTrackMuted, _ctx: &mut Self::Context) -> bool {
+        let Some(track) = self.tracks.get_mut(&msg.track_id) else {
+            return false;
+        };
+        if track.info.participant_id != msg.participant_id {
+            return false;
+        }
+        track.info.muted = msg.muted;
+        let event = RoomEvent::TrackMuted {
+            track_id: msg.track_id,
+            muted: msg.muted,
+        };
+        self.broadcast(event, None);
+        true
+    }
+}
+
+impl Handler<FindTrack> for Room {
+    type Result = Option<(TrackInfo, UpTrackHandle)>;
+
+    fn handle(&mut self, msg: FindTrack, _ctx: &mut Self::Context) -> Self::Result {
+        let track = self.tracks.get(&msg.track_id)?;
+        Some((track.info.clone(), track.handle.clone()))
+    }
+}
+
+impl Handler<CloseAll> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CloseAll, ctx: &mut Self::Context) {
+        self.close(ctx);
+    }
+}

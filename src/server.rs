@@ -1,0 +1,220 @@
+//! The HTTP edge: the signaling socket, health endpoints and the dev token endpoint.
+//!
+//! The socket at `/rtc` is upgraded only after the access token checks out, so a
+//! refused client gets an HTTP 401 with a JSON reason instead of a socket that
+//! closes without saying why.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::info;
+
+use crate::auth::{self, AuthError, Grants, TokenRequest, Verifier};
+use crate::config::Config;
+use crate::ids::RoomName;
+use crate::participant::peer::PeerFactory;
+use crate::participant::socket::{self, ReaderLimits};
+use crate::participant::{NodeContext, Participant};
+use crate::room::messages::CloseAll;
+use crate::room::registry::RoomRegistry;
+use crate::signal::protocol::Limits;
+
+/// State shared by every request handler.
+pub struct AppState {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub node: Arc<NodeContext>,
+    /// False while starting and once shutting down.
+    pub ready: AtomicBool,
+}
+
+/// Frames above this many times the message limit end the socket instead of being refused.
+const HARD_FRAME_FACTOR: usize = 16;
+
+/// Runs the node until it is told to stop (SIGINT or SIGTERM).
+pub async fn run(config: Config) -> std::io::Result<()> {
+    let (server, addr, state) = start(config)?;
+    info!(%addr, node = %state.node.node_id, "relais is serving");
+    let result = server.await;
+    state.ready.store(false, Ordering::SeqCst);
+    state.node.registry.do_send(CloseAll);
+    result
+}
+
+/// Binds and starts the server; returns it with its bound address.
+pub fn start(
+    config: Config,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr, web::Data<AppState>)> {
+    let registry =
+        RoomRegistry::new(config.room.max_participants, config.room.empty_timeout).start();
+    let limits = Limits {
+        max_message_bytes: config.signaling.max_message_bytes,
+        rate_per_sec: config.signaling.rate_per_sec,
+        rate_burst: config.signaling.rate_burst,
+    };
+    let node = Arc::new(NodeContext {
+        node_id: config.node.id.clone(),
+        registry,
+        peers: PeerFactory::new(config.media.clone()),
+        limits,
+    });
+    let state = web::Data::new(AppState {
+        verifier: Verifier::new(&config.auth.keys),
+        config: config.clone(),
+        node,
+        ready: AtomicBool::new(false),
+    });
+
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .route("/rtc", web::get().to(rtc))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/dev/token", web::get().to(dev_token))
+    })
+    .shutdown_timeout(5)
+    .bind(config.http.listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .unwrap_or(config.http.listen);
+    let server = server.run();
+    state.ready.store(true, Ordering::SeqCst);
+    Ok((server, addr, state))
+}
+
+#[derive(Deserialize)]
+struct RtcQuery {
+    room: Option<String>,
+    access_token: Option<String>,
+}
+
+async fn rtc(
+    req: HttpRequest,
+    body: web::Payload,
+    query: web::Query<RtcQuery>,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
+    if !state.ready.load(Ordering::SeqCst) {
+        return Ok(HttpResponse::ServiceUnavailable()
+            .json(json!({"error": "not_ready", "message": "the node is not taking joins"})));
+    }
+    let token = query.access_token.clone().or_else(|| bearer(&req));
+    let room = match query.room.as_deref().map(RoomName::parse) {
+        Some(Ok(room)) => room,
+        Some(Err(e)) => return Ok(bad_request("bad_room_name", &e.to_string())),
+        None => {
+            return Ok(bad_request(
+                "missing_room",
+                "the `room` query parameter is required",
+            ))
+        }
+    };
+    let claims = match verify(&state, token.as_deref(), &room) {
+        Ok(claims) => claims,
+        Err(e) => return Ok(unauthorized(&e)),
+    };
+
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let limits = state.node.limits.clone();
+    let hard_cap = limits.max_message_bytes.saturating_mul(HARD_FRAME_FACTOR);
+    let stream = stream
+        .max_frame_size(hard_cap)
+        .aggregate_continuations()
+        .max_continuation_size(hard_cap);
+    let outbox = socket::spawn_writer(session);
+    let participant = Participant::new(claims, room, state.node.clone(), outbox.clone()).start();
+    let reader_limits = ReaderLimits {
+        max_message_bytes: limits.max_message_bytes,
+        rate_per_sec: limits.rate_per_sec,
+        rate_burst: limits.rate_burst,
+    };
+    socket::spawn_reader(stream, reader_limits, outbox, participant.recipient());
+    Ok(response)
+}
+
+fn verify(
+    state: &AppState,
+    token: Option<&str>,
+    room: &RoomName,
+) -> Result<auth::Claims, AuthError> {
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::MissingToken)?;
+    state
+        .verifier
+        .verify(token, Some(room.as_str()), auth::now_unix())
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+}
+
+fn unauthorized(e: &AuthError) -> HttpResponse {
+    HttpResponse::Unauthorized().json(json!({"error": e.code(), "message": e.to_string()}))
+}
+
+fn bad_request(code: &str, message: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": code, "message": message}))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.ready.load(Ordering::SeqCst) {
+        HttpResponse::Ok().json(json!({"status": "ready", "node": state.node.node_id}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"}))
+    }
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    room: String,
+    identity: String,
+    name: Option<String>,
+}
+
+/// Hands out tokens for the local demo; exists only when `auth.dev_mode` is on.
+async fn dev_token(query: web::Query<DevTokenQuery>, state: web::Data<AppState>) -> HttpResponse {
+    if !state.config.auth.dev_mode {
+        return HttpResponse::NotFound()
+            .json(json!({"error": "not_found", "message": "dev mode is off"}));
+    }
+    if let Err(e) = RoomName::parse(&query.room) {
+        return bad_request("bad_room_name", &e.to_string());
+    }
+    let Some((key, secret)) = state.config.auth.keys.iter().next() else {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"error": "no_api_key", "message": "no API key configured"}));
+    };
+    let request = TokenRequest {
+        api_key: key.clone(),
+        identity: query.identity.clone(),
+        name: query.name.clone().unwrap_or_else(|| query.identity.clone()),
+        room: query.room.clone(),
+        grants: Grants {
+            publish: true,
+            subscribe: true,
+            admin: false,
+        },
+        ttl: Duration::from_secs(6 * 3600),
+    };
+    match auth::mint(&request, secret, auth::now_unix()) {
+        Ok(token) => HttpResponse::Ok().json(json!({"token": token})),
+        Err(e) => HttpResponse::InternalServerError()
+            .json(json!({"error": e.code(), "message": e.to_string()})),
+    }
+}

@@ -1,0 +1,432 @@
+//! The signaling protocol: every JSON message that crosses the `/rtc` socket.
+//!
+//! One text frame carries one JSON object with a `type` field naming the message;
+//! the other fields sit beside it. Both the server and the Rust client use these
+//! types, so the protocol cannot drift between them. `docs/protocol.md` is the
+//! contract for third-party clients and must change together with this file.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ParticipantId, TrackId};
+
+/// Version of the protocol described by these types.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a client sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message on a new socket.
+    Join {
+        /// Subscribe to every track of the room as it appears (default true).
+        #[serde(default = "default_true")]
+        auto_subscribe: bool,
+    },
+    /// Describes a track the client is about to publish; sent before the offer.
+    PublishTrack {
+        /// The `MediaStreamTrack.id` the client's SDP carries in `a=msid`.
+        cid: String,
+        kind: TrackKind,
+        #[serde(default)]
+        source: TrackSource,
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        muted: bool,
+    },
+    /// The client stops publishing a track (it also removes it from its SDP).
+    UnpublishTrack {
+        track_id: TrackId,
+    },
+    /// A client-initiated negotiation.
+    Offer {
+        sdp: String,
+    },
+    /// The answer to a server `offer`.
+    Answer {
+        sdp: String,
+    },
+    /// A trickled ICE candidate; `candidate: ""` or absent ends gathering.
+    Candidate(IceCandidate),
+    Subscribe {
+        track_ids: Vec<TrackId>,
+    },
+    Unsubscribe {
+        track_ids: Vec<TrackId>,
+    },
+    Mute {
+        track_id: TrackId,
+        muted: bool,
+    },
+    Ping {
+        #[serde(default)]
+        id: u64,
+    },
+    Leave,
+}
+
+/// What the server sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Joined {
+        protocol: u32,
+        room: String,
+        node: String,
+        participant: ParticipantInfo,
+        /// Everyone else already in the room, with their tracks.
+        participants: Vec<ParticipantInfo>,
+        limits: Limits,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: ParticipantId,
+        reason: LeaveReason,
+    },
+    /// A track is available in the room (sent to everyone, publisher included).
+    TrackPublished {
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        track_id: TrackId,
+        participant_id: ParticipantId,
+    },
+    TrackMuted {
+        track_id: TrackId,
+        muted: bool,
+    },
+    /// A subscription is live: RTP for `track_id` arrives on transceiver `mid`.
+    Subscribed {
+        track_id: TrackId,
+        mid: String,
+    },
+    Unsubscribed {
+        track_id: TrackId,
+    },
+    /// A server-initiated negotiation (new subscriptions, removed tracks).
+    Offer {
+        sdp: String,
+    },
+    /// The answer to a client `offer`.
+    Answer {
+        sdp: String,
+    },
+    Candidate(IceCandidate),
+    Pong {
+        id: u64,
+    },
+    Error(ErrorBody),
+    /// The server is closing the session; the socket closes after this.
+    Leave {
+        reason: LeaveReason,
+    },
+}
+
+/// A trickled ICE candidate, shaped like the browser's `RTCIceCandidateInit`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    #[serde(default)]
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(
+        default,
+        rename = "sdpMLineIndex",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    pub identity: String,
+    pub name: String,
+    pub tracks: Vec<TrackInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub participant_id: ParticipantId,
+    /// The publisher's own id for the track (`cid` of `publish_track`).
+    pub cid: String,
+    pub kind: TrackKind,
+    pub source: TrackSource,
+    pub name: String,
+    /// Codec MIME type, e.g. `video/VP8`.
+    pub mime_type: String,
+    pub muted: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    #[default]
+    Unknown,
+    Camera,
+    Microphone,
+    ScreenShare,
+    ScreenShareAudio,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The participant asked to leave.
+    ClientLeave,
+    /// The socket or the peer connection went away without a `leave`.
+    Disconnected,
+    /// The same identity joined again; the older session is closed.
+    DuplicateIdentity,
+    /// The client broke the protocol badly enough to be dropped.
+    ProtocolViolation,
+    /// The node is shutting down.
+    ServerShutdown,
+    /// The room was closed.
+    RoomClosed,
+}
+
+/// Limits the server enforces on this socket, announced in `joined`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+}
+
+/// A typed error reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The `type` of the client message that caused it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+/// Stable error codes; clients switch on these, never on `message`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not a JSON object of a known shape.
+    BadJson,
+    /// The `type` names no message of this protocol.
+    UnknownType,
+    /// The frame is larger than `limits.max_message_bytes`; it was not read.
+    MessageTooLarge,
+    /// More messages than the rate limit allows; this one was dropped.
+    RateLimited,
+    /// A message other than `join` arrived before `join`, or `join` twice.
+    NotJoined,
+    AlreadyJoined,
+    /// The SDP could not be parsed or applied.
+    BadSdp,
+    /// An ICE candidate could not be parsed or applied.
+    BadCandidate,
+    /// The client's offer crossed a server offer; answer the server, then re-offer.
+    NegotiationGlare,
+    /// An `answer` arrived with no server offer outstanding.
+    NoPendingOffer,
+    /// The token does not grant this action.
+    PermissionDenied,
+    UnknownTrack,
+    /// The room is at `room.max_participants`.
+    RoomFull,
+    /// Something failed on the server; the session goes on.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::UnknownType => "unknown_type",
+            Self::MessageTooLarge => "message_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::NotJoined => "not_joined",
+            Self::AlreadyJoined => "already_joined",
+            Self::BadSdp => "bad_sdp",
+            Self::BadCandidate => "bad_candidate",
+            Self::NegotiationGlare => "negotiation_glare",
+            Self::NoPendingOffer => "no_pending_offer",
+            Self::PermissionDenied => "permission_denied",
+            Self::UnknownTrack => "unknown_track",
+            Self::RoomFull => "room_full",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>, request: Option<&str>) -> Self {
+        Self::Error(ErrorBody {
+            code,
+            message: message.into(),
+            request: request.map(str::to_owned),
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail: no maps with non-string keys.
+        serde_json::to_string(self).expect("server messages serialize")
+    }
+}
+
+/// Why a text frame could not be read as a [`ClientMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The `type` the frame claimed, if it had one.
+    pub request: Option<String>,
+}
+
+/// Parses one text frame, telling a malformed frame from an unknown `type`.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ParseError {
+        code: ErrorCode::BadJson,
+        message: format!("not valid JSON: {e}"),
+        request: None,
+    })?;
+    let Some(kind) = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+    else {
+        return Err(ParseError {
+            code: ErrorCode::BadJson,
+            message: "expected a JSON object with a string field `type`".into(),
+            request: None,
+        });
+    };
+    if !CLIENT_TYPES.contains(&kind.as_str()) {
+        return Err(ParseError {
+            code: ErrorCode::UnknownType,
+            message: format!("unknown message type `{kind}`"),
+            request: Some(kind),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| ParseError {
+        code: ErrorCode::BadJson,
+        message: format!("malformed `{kind}`: {e}"),
+        request: Some(kind),
+    })
+}
+
+/// Every `type` a client may send.
+pub const CLIENT_TYPES: &[&str] = &[
+    "join",
+    "publish_track",
+    "unpublish_track",
+    "offer",
+    "answer",
+    "candidate",
+    "subscribe",
+    "unsubscribe",
+    "mute",
+    "ping",
+    "leave",
+];
+
+fn default_true() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_round_trip() {
+        let text = r#"{"type":"mute","track_id":"TR_1","muted":true}"#;
+        let msg = parse_client_message(text).unwrap();
+        assert_eq!(
+            msg,
+            ClientMessage::Mute {
+                track_id: TrackId::from_string("TR_1".into()),
+                muted: true
+            }
+        );
+        let back = serde_json::to_string(&msg).unwrap();
+        assert_eq!(parse_client_message(&back).unwrap(), msg);
+    }
+
+    #[test]
+    fn join_defaults_to_auto_subscribe() {
+        let msg = parse_client_message(r#"{"type":"join"}"#).unwrap();
+        assert_eq!(
+            msg,
+            ClientMessage::Join {
+                auto_subscribe: true
+            }
+        );
+    }
+
+    #[test]
+    fn candidate_uses_browser_field_names() {
+        let text = r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host",
+            "sdpMid":"0","sdpMLineIndex":0}"#;
+        let ClientMessage::Candidate(c) = parse_client_message(text).unwrap() else {
+            panic!("expected a candidate");
+        };
+        assert_eq!(c.sdp_mid.as_deref(), Some("0"));
+        assert_eq!(c.sdp_mline_index, Some(0));
+    }
+
+    #[test]
+    fn errors_tell_bad_json_from_unknown_type() {
+        assert_eq!(
+            parse_client_message("{nope").unwrap_err().code,
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            parse_client_message("[1,2]").unwrap_err().code,
+            ErrorCode::BadJson
+        );
+        let unknown = parse_client_message(r#"{"type":"dance"}"#).unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::UnknownType);
+        assert_eq!(unknown.request.as_deref(), Some("dance"));
+        let missing = parse_client_message(r#"{"type":"mute"}"#).unwrap_err();
+        assert_eq!(missing.code, ErrorCode::BadJson);
+        assert_eq!(missing.request.as_deref(), Some("mute"));
+    }
+
+    #[test]
+    fn every_client_type_is_listed() {
+        let samples = [
+            ClientMessage::Join {
+                auto_subscribe: false,
+            },
+            ClientMessage::Leave,
+            ClientMessage::Ping { id: 3 },
+            ClientMessage::Offer { sdp: "v=0".into() },
+        ];
+        for msg in samples {
+            let value = serde_json::to_value(&msg).unwrap();
+            let kind = value["type"].as_str().unwrap().to_owned();
+            assert!(CLIENT_TYPES.contains(&kind.as_str()), "{kind}");
+        }
+    }
+
+    #[test]
+    fn error_codes_serialize_to_their_names() {
+        let msg = ServerMessage::error(ErrorCode::RateLimited, "slow down", Some("mute"));
+        let value: serde_json::Value = serde_json::from_str(&msg.to_json()).unwrap();
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["code"], ErrorCode::RateLimited.as_str());
+        assert_eq!(value["request"], "mute");
+    }
+}

@@ -1,0 +1,240 @@
+//! A real `relais serve` process for integration tests, and media helpers.
+//!
+//! Each test starts its own node on an ephemeral port with a config in a fresh
+//! temp dir, reads the bound address from the node's log, and kills the process
+//! when the [`Node`] is dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use relais::auth::{mint, now_unix, Grants, TokenRequest};
+use relais::client::{Client, ClientEvent, ClientOptions, LocalTrack};
+use relais::ids::TrackId;
+use relais::signal::protocol::{ServerMessage, TrackKind, TrackSource};
+use rtc::rtp::header::Header;
+use rtc::rtp::packet::Packet;
+
+pub const API_KEY: &str = "testkey";
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123";
+
+pub struct Node {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn start() -> Node {
+        Self::start_with("")
+    }
+
+    /// Starts a node; `extra` is appended to the generated config.
+    pub fn start_with(extra: &str) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relais.toml");
+        let config = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ip = \"127.0.0.1\"\n\
+             [auth.keys]\n{API_KEY} = \"{SECRET}\"\n[log]\nlevel = \"info\"\n{extra}"
+        );
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relais"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start relais");
+        let addr = read_address(child.stdout.take().expect("stdout"));
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            panic!("relais did not report its address");
+        };
+        Node {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn token(&self, room: &str, identity: &str) -> String {
+        self.token_with(
+            room,
+            identity,
+            Grants {
+                publish: true,
+                subscribe: true,
+                admin: false,
+            },
+            600,
+        )
+    }
+
+    pub fn token_with(&self, room: &str, identity: &str, grants: Grants, ttl: u64) -> String {
+        let request = TokenRequest {
+            api_key: API_KEY.into(),
+            identity: identity.into(),
+            name: format!("{identity} name"),
+            room: room.into(),
+            grants,
+            ttl: Duration::from_secs(ttl),
+        };
+        mint(&request, SECRET, now_unix()).expect("mint")
+    }
+
+    pub fn options(&self, room: &str, identity: &str) -> ClientOptions {
+        ClientOptions {
+            url: self.url(),
+            room: room.into(),
+            token: self.token(room, identity),
+            auto_subscribe: true,
+            bind_ip: "127.0.0.1".parse().unwrap(),
+        }
+    }
+
+    pub async fn join(&self, room: &str, identity: &str) -> Client {
+        let mut client = Client::connect(self.options(room, identity))
+            .await
+            .expect("connect");
+        client
+            .wait_for(Duration::from_secs(10), "joined", |e| match e {
+                ClientEvent::Server(ServerMessage::Joined { .. }) => Some(()),
+                _ => None,
+            })
+            .await
+            .expect("joined");
+        client
+    }
+
+    /// A plain HTTP GET; returns status code and body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: relais\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the log until the serving line, then keeps draining it in the background.
+fn read_address(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(addr) = parse_addr(&line) {
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+            if std::env::var_os("RELAIS_TEST_LOG").is_some() {
+                eprintln!("[relais] {line}");
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30)).ok()
+}
+
+fn parse_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("relais is serving").nth(1)?;
+    let field = rest
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("addr="))?;
+    field.parse().ok()
+}
+
+/// The test payload: a marker of the packet's index, VP8-shaped for video.
+pub fn payload(kind: TrackKind, index: u64, keyframe: bool) -> Bytes {
+    let mut bytes = Vec::with_capacity(64);
+    if kind == TrackKind::Video {
+        // VP8 descriptor with S=1, PID=0, then the payload header's P bit.
+        bytes.push(0x10);
+        bytes.push(if keyframe { 0x00 } else { 0x01 });
+    }
+    bytes.extend_from_slice(&index.to_be_bytes());
+    bytes.extend(std::iter::repeat_n(0xAB, 40));
+    Bytes::from(bytes)
+}
+
+/// Reads the index back out of a received payload.
+pub fn index_of(kind: TrackKind, payload: &[u8]) -> Option<u64> {
+    let offset = if kind == TrackKind::Video { 2 } else { 0 };
+    let raw: [u8; 8] = payload.get(offset..offset + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(raw))
+}
+
+pub fn packet(kind: TrackKind, index: u64, keyframe: bool) -> Packet {
+    let clock_step = if kind == TrackKind::Video { 3000 } else { 960 };
+    Packet {
+        header: Header {
+            version: 2,
+            marker: kind == TrackKind::Video,
+            sequence_number: index as u16,
+            timestamp: (index as u32).wrapping_mul(clock_step),
+            ..Default::default()
+        },
+        payload: payload(kind, index, keyframe),
+    }
+}
+
+/// Publishes `count` packets on `track` at `interval`, with a keyframe every 30 and on request.
+pub async fn send_packets(track: &LocalTrack, start: u64, count: u64, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    for index in start..start + count {
+        ticker.tick().await;
+        let keyframe = index % 30 == 0 || track.take_keyframe_request();
+        let _ = track.write(packet(track.kind, index, keyframe)).await;
+    }
+}
+
+pub async fn publish(client: &Client, cid: &str, kind: TrackKind) -> LocalTrack {
+    let source = match kind {
+        TrackKind::Audio => TrackSource::Microphone,
+        TrackKind::Video => TrackSource::Camera,
+    };
+    client.publish(cid, kind, source).await.expect("publish")
+}
+
+/// Waits for `track_published` of a track with this `cid`, returning its id.
+pub async fn published_id(client: &mut Client, cid: &str) -> TrackId {
+    let cid = cid.to_owned();
+    client
+        .wait_for(Duration::from_secs(15), "track_published", |e| match e {
+            ClientEvent::Server(ServerMessage::TrackPublished { track }) if track.cid == cid => {
+                Some(track.id.clone())
+            }
+            _ => None,
+        })
+        .await
+        .expect("track published")
+}

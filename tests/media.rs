@@ -1,0 +1,121 @@
+//! End-to-end media through a real node: publish, subscribe, late join, leave.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use relais::client::{Client, ClientEvent};
+use relais::ids::TrackId;
+use relais::signal::protocol::{LeaveReason, ServerMessage, TrackKind};
+use tokio::time::Instant;
+
+/// Received packet indices per track, in arrival order.
+type Received = HashMap<TrackId, Vec<u64>>;
+
+/// Collects packets until every track in `want` has at least `min` of them.
+async fn collect(
+    client: &mut Client,
+    kinds: &HashMap<TrackId, TrackKind>,
+    min: usize,
+    within: Duration,
+) -> Received {
+    let deadline = Instant::now() + within;
+    let mut received: Received = HashMap::new();
+    while kinds
+        .keys()
+        .any(|id| received.get(id).map_or(0, Vec::len) < min)
+    {
+        let Some(event) = client.next_event(deadline).await else {
+            panic!("timed out; received so far: {:?}", summary(&received));
+        };
+        if let ClientEvent::Rtp { track_id, packet } = event {
+            let Some(kind) = kinds.get(&track_id) else {
+                continue;
+            };
+            let index = index_of(*kind, &packet.payload).expect("payload carries an index");
+            received.entry(track_id).or_default().push(index);
+        }
+    }
+    received
+}
+
+fn summary(received: &Received) -> Vec<(String, usize)> {
+    received
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.len()))
+        .collect()
+}
+
+/// Every payload after the first one received arrives, in order, with no gap.
+fn assert_contiguous(indices: &[u64]) {
+    let first = indices[0];
+    for (offset, index) in indices.iter().enumerate() {
+        assert_eq!(
+            *index,
+            first + offset as u64,
+            "gap or reorder in {indices:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_late_join_and_leave() {
+    let node = Node::start();
+    let mut alice = node.join("standup", "alice").await;
+    let mut bob = node.join("standup", "bob").await;
+
+    let video = publish(&alice, "cam", TrackKind::Video).await;
+    let audio = publish(&alice, "mic", TrackKind::Audio).await;
+    // Media flows from the start, as a real client's would: the server learns of a
+    // track when its first packets arrive.
+    let sender = tokio::spawn(async move {
+        let interval = Duration::from_millis(10);
+        tokio::join!(
+            send_packets(&video, 0, 3000, interval),
+            send_packets(&audio, 0, 3000, interval)
+        );
+    });
+    let video_id = published_id(&mut alice, "cam").await;
+    let audio_id = published_id(&mut alice, "mic").await;
+    let kinds = HashMap::from([
+        (video_id.clone(), TrackKind::Video),
+        (audio_id.clone(), TrackKind::Audio),
+    ]);
+
+    let received = collect(&mut bob, &kinds, 100, Duration::from_secs(20)).await;
+    for indices in received.values() {
+        assert_contiguous(indices);
+    }
+
+    // A participant joining later receives the tracks as well.
+    let mut carol = node.join("standup", "carol").await;
+    let received = collect(&mut carol, &kinds, 50, Duration::from_secs(20)).await;
+    for indices in received.values() {
+        assert_contiguous(indices);
+    }
+
+    // The publisher leaves: the others are told its tracks and itself are gone.
+    alice.close();
+    for watcher in [&mut bob, &mut carol] {
+        let mut gone = Vec::new();
+        watcher
+            .wait_for(Duration::from_secs(10), "alice's departure", |e| match e {
+                ClientEvent::Server(ServerMessage::TrackUnpublished { track_id, .. }) => {
+                    gone.push(track_id.clone());
+                    None
+                }
+                ClientEvent::Server(ServerMessage::ParticipantLeft { reason, .. }) => Some(*reason),
+                _ => None,
+            })
+            .await
+            .map(|reason| assert_eq!(reason, LeaveReason::ClientLeave))
+            .expect("participant_left");
+        gone.sort();
+        let mut expected = vec![video_id.clone(), audio_id.clone()];
+        expected.sort();
+        assert_eq!(gone, expected);
+    }
+    sender.abort();
+}
