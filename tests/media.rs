@@ -77,8 +77,8 @@ async fn publish_subscribe_late_join_and_leave() {
             send_packets(&audio, 0, 3000, interval)
         );
     });
-    let video_id = published_id(&mut alice, "cam").await;
-    let audio_id = published_id(&mut alice, "mic").await;
+    let ids = published_ids(&mut alice, &["cam", "mic"]).await;
+    let (video_id, audio_id) = (ids[0].clone(), ids[1].clone());
     let kinds = HashMap::from([
         (video_id.clone(), TrackKind::Video),
         (audio_id.clone(), TrackKind::Audio),

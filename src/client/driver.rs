@@ -27,6 +27,9 @@ use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
 use crate::participant::peer::media_engine;
 use crate::signal::protocol::{ClientMessage, IceCandidate, ServerMessage, TrackKind};
 
+/// How long `close` waits for the server to acknowledge `leave`.
+const LEAVE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 enum PeerEvent {
     Candidate(RTCIceCandidateInit),
     State(RTCPeerConnectionState),
@@ -67,8 +70,8 @@ pub(super) async fn start(
     let url = format!(
         "{}/rtc?room={}&access_token={}",
         options.url.trim_end_matches('/'),
-        options.room,
-        options.token
+        percent_encode(&options.room),
+        percent_encode(&options.token)
     );
     let socket = match tokio_tungstenite::connect_async(url).await {
         Ok((socket, _)) => socket,
@@ -159,6 +162,10 @@ impl Driver {
                 command = commands.recv() => match command {
                     Some(Command::Close) | None => {
                         let _ = sink.send(Message::text(r#"{"type":"leave"}"#)).await;
+                        // The server closes the socket once it has processed `leave`;
+                        // closing media first would look like a lost connection.
+                        let drained = async { while let Some(Ok(_)) = stream.next().await {} };
+                        let _ = tokio::time::timeout(LEAVE_GRACE, drained).await;
                         break;
                     }
                     Some(command) => self.on_command(command).await,
@@ -380,6 +387,19 @@ fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str) -> RTCRtpCodec 
         sdp_fmtp_line: fmtp.to_owned(),
         rtcp_feedback: Vec::new(),
     }
+}
+
+/// Encodes a query value: everything but RFC 3986 unreserved characters.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn to_json(message: &ClientMessage) -> String {

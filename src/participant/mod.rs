@@ -69,6 +69,8 @@ pub struct Participant {
     subscriptions: HashMap<crate::ids::TrackId, Subscription>,
     /// Down-track keys are unique per participant.
     next_key: u64,
+    /// DTLS is up: packets written now reach the client instead of being refused.
+    media_connected: bool,
     left: bool,
 }
 
@@ -94,6 +96,7 @@ impl Participant {
             published: HashMap::new(),
             subscriptions: HashMap::new(),
             next_key: 0,
+            media_connected: false,
             left: false,
         }
     }
@@ -321,6 +324,12 @@ impl Participant {
 
     fn on_peer_state(&mut self, state: RTCPeerConnectionState, ctx: &mut Context<Self>) {
         debug!(participant = %self.id, %state, "peer connection state");
+        if state == RTCPeerConnectionState::Connected {
+            self.media_connected = true;
+            if !self.offer_outstanding {
+                self.activate_subscriptions(ctx);
+            }
+        }
         if matches!(
             state,
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed

@@ -2,8 +2,9 @@
 //!
 //! Subscribing adds a local track to the peer connection and asks for a server
 //! offer. Only once the client has answered are the negotiated `mid` and payload
-//! type known; then the down-track is attached to the publisher's forwarder and
-//! the client is told `subscribed`.
+//! type known, and only once the connection is up can packets be sent; then the
+//! down-track is attached to the publisher's forwarder and the client is told
+//! `subscribed`.
 
 use std::sync::Arc;
 
@@ -130,6 +131,10 @@ impl Participant {
 
     /// After an answer: starts the down-tracks whose transceivers are now negotiated.
     pub(super) fn activate_subscriptions(&mut self, ctx: &mut Context<Self>) {
+        // Before DTLS is up every write would be refused; connecting activates them.
+        if !self.media_connected {
+            return;
+        }
         let Some(pc) = self.pc.clone() else { return };
         let pending: Vec<(TrackId, Arc<dyn RtpSender>, String)> = self
             .subscriptions

@@ -94,6 +94,23 @@ impl Node {
         mint(&request, SECRET, now_unix()).expect("mint")
     }
 
+    /// A token that expired an hour ago.
+    pub fn expired_token(&self, room: &str, identity: &str) -> String {
+        let request = TokenRequest {
+            api_key: API_KEY.into(),
+            identity: identity.into(),
+            name: identity.into(),
+            room: room.into(),
+            grants: Grants {
+                publish: true,
+                subscribe: true,
+                admin: false,
+            },
+            ttl: Duration::from_secs(60),
+        };
+        mint(&request, SECRET, now_unix() - 3600).expect("mint")
+    }
+
     pub fn options(&self, room: &str, identity: &str) -> ClientOptions {
         ClientOptions {
             url: self.url(),
@@ -225,16 +242,19 @@ pub async fn publish(client: &Client, cid: &str, kind: TrackKind) -> LocalTrack 
     client.publish(cid, kind, source).await.expect("publish")
 }
 
-/// Waits for `track_published` of a track with this `cid`, returning its id.
-pub async fn published_id(client: &mut Client, cid: &str) -> TrackId {
-    let cid = cid.to_owned();
+/// Waits for `track_published` of each of `cids` (in any order), returning their ids.
+pub async fn published_ids(client: &mut Client, cids: &[&str]) -> Vec<TrackId> {
+    let mut found: Vec<Option<TrackId>> = vec![None; cids.len()];
     client
-        .wait_for(Duration::from_secs(15), "track_published", |e| match e {
-            ClientEvent::Server(ServerMessage::TrackPublished { track }) if track.cid == cid => {
-                Some(track.id.clone())
+        .wait_for(Duration::from_secs(15), "track_published", |e| {
+            if let ClientEvent::Server(ServerMessage::TrackPublished { track }) = e {
+                if let Some(i) = cids.iter().position(|c| *c == track.cid) {
+                    found[i] = Some(track.id.clone());
+                }
             }
-            _ => None,
+            found.iter().all(Option::is_some).then_some(())
         })
         .await
-        .expect("track published")
+        .expect("tracks published");
+    found.into_iter().flatten().collect()
 }
