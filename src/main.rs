@@ -141,9 +141,15 @@ fn token(config: &Config, api_key: Option<String>, mut request: TokenRequest) ->
 }
 
 fn init_logging(level: &str) {
+    // A bare level applies to relais; the media stack's own chatter stays at warn.
+    let directives = if level.contains('=') || level.contains(',') {
+        level.to_owned()
+    } else {
+        format!("warn,relais={level}")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&directives))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,relais=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -21,7 +21,7 @@ use crate::ids::RoomName;
 use crate::participant::peer::PeerFactory;
 use crate::participant::socket::{self, ReaderLimits};
 use crate::participant::{NodeContext, Participant};
-use crate::room::messages::CloseAll;
+use crate::room::messages::{CloseAll, CutIdentity, GetRegistryStats};
 use crate::room::registry::RoomRegistry;
 use crate::signal::protocol::Limits;
 
@@ -79,6 +79,8 @@ pub fn start(
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/dev/token", web::get().to(dev_token))
+            .route("/dev/disconnect", web::post().to(dev_disconnect))
+            .configure(crate::web::configure)
     })
     .shutdown_timeout(5)
     .bind(config.http.listen)?;
@@ -173,10 +175,17 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.ready.load(Ordering::SeqCst) {
-        HttpResponse::Ok().json(json!({"status": "ready", "node": state.node.node_id}))
-    } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"}))
+    if !state.ready.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"}));
+    }
+    // A registry that does not answer cannot take joins either.
+    match state.node.registry.send(GetRegistryStats).await {
+        Ok(stats) => HttpResponse::Ok().json(json!({
+            "status": "ready",
+            "node": state.node.node_id,
+            "rooms": stats.rooms,
+        })),
+        Err(_) => HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"})),
     }
 }
 
@@ -217,4 +226,31 @@ async fn dev_token(query: web::Query<DevTokenQuery>, state: web::Data<AppState>)
         Err(e) => HttpResponse::InternalServerError()
             .json(json!({"error": e.code(), "message": e.to_string()})),
     }
+}
+
+#[derive(Deserialize)]
+struct DevDisconnectQuery {
+    room: String,
+    identity: String,
+}
+
+/// Cuts an identity's sockets server-side, to rehearse reconnection; dev mode only.
+async fn dev_disconnect(
+    query: web::Query<DevDisconnectQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if !state.config.auth.dev_mode {
+        return HttpResponse::NotFound()
+            .json(json!({"error": "not_found", "message": "dev mode is off"}));
+    }
+    let room = match RoomName::parse(&query.room) {
+        Ok(room) => room,
+        Err(e) => return bad_request("bad_room_name", &e.to_string()),
+    };
+    let cut = CutIdentity {
+        room,
+        identity: query.identity.clone(),
+    };
+    let count = state.node.registry.send(cut).await.unwrap_or(0);
+    HttpResponse::Ok().json(json!({"disconnected": count}))
 }

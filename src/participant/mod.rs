@@ -314,6 +314,10 @@ impl Participant {
             RoomEvent::TrackMuted { track_id, muted } => {
                 self.send(ServerMessage::TrackMuted { track_id, muted })
             }
+            RoomEvent::Cut => {
+                self.outbox.abort();
+                self.leave(LeaveReason::Disconnected, ctx);
+            }
             RoomEvent::Kick { reason } => {
                 self.close_socket(reason);
                 self.left = true;

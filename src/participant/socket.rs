@@ -32,6 +32,8 @@ enum Outgoing {
     Text(String),
     Pong(bytes::Bytes),
     Close(CloseReason),
+    /// Drop the connection without a close frame.
+    Abort,
 }
 
 /// The sending side of a socket, cheap to clone.
@@ -52,6 +54,11 @@ impl Outbox {
             description: Some(description.to_owned()),
         };
         let _ = self.tx.try_send(Outgoing::Close(reason));
+    }
+
+    /// Ends the connection without a close frame, as a broken network would.
+    pub fn abort(&self) {
+        let _ = self.tx.try_send(Outgoing::Abort);
     }
 }
 
@@ -75,6 +82,7 @@ pub fn spawn_writer(mut session: Session) -> Outbox {
                     let _ = session.close(Some(reason)).await;
                     return;
                 }
+                Outgoing::Abort => return,
             };
             if sent.is_err() {
                 return;

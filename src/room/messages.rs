@@ -37,6 +37,14 @@ pub struct RegistryStats {
 #[rtype(result = "()")]
 pub struct CloseAll;
 
+/// Cuts the sessions of an identity as if its network had dropped (dev mode only).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CutIdentity {
+    pub room: RoomName,
+    pub identity: String,
+}
+
 /// A participant enters a room.
 #[derive(Message)]
 #[rtype(result = "Result<JoinAccepted, JoinRefused>")]
@@ -125,4 +133,6 @@ pub enum RoomEvent {
     Kick {
         reason: LeaveReason,
     },
+    /// Drop the socket without a word, as a broken network would.
+    Cut,
 }

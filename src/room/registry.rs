@@ -81,3 +81,17 @@ impl Handler<CloseAll> for RoomRegistry {
         }
     }
 }
+
+impl Handler<CutIdentity> for RoomRegistry {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, msg: CutIdentity, _ctx: &mut Self::Context) -> Self::Result {
+        let room = self.rooms.get(&msg.room).cloned();
+        Box::pin(async move {
+            match room {
+                Some(room) => room.send(msg).await.unwrap_or(0),
+                None => 0,
+            }
+        })
+    }
+}

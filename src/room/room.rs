@@ -301,3 +301,16 @@ impl Handler<CloseAll> for Room {
         self.close(ctx);
     }
 }
+
+impl Handler<CutIdentity> for Room {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CutIdentity, _ctx: &mut Self::Context) -> usize {
+        let cut = self
+            .members
+            .values()
+            .filter(|m| m.info.identity == msg.identity);
+        cut.map(|member| member.events.do_send(RoomEvent::Cut))
+            .count()
+    }
+}

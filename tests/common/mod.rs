@@ -137,11 +137,19 @@ impl Node {
 
     /// A plain HTTP GET; returns status code and body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
+        self.http("GET", path)
+    }
+
+    /// A plain HTTP request without a body; returns status code and body.
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(self.addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: relais\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: relais\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).unwrap();
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
