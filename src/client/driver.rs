@@ -1,11 +1,16 @@
 //! The client's driver task: owns the socket and the peer connection.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    nack_pairs_from_sequence_numbers, TransportLayerNack,
+};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -21,7 +26,8 @@ use webrtc::peer_connection::{
     SettingEngineBuilder,
 };
 
-use super::{ClientError, ClientEvent, ClientOptions, Command, LocalTrack};
+use super::lossy::LossyRuntime;
+use super::{ClientError, ClientEvent, ClientOptions, Command, Feedback, LocalTrack};
 use crate::ids::TrackId;
 use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
 use crate::participant::peer::media_engine;
@@ -58,15 +64,13 @@ impl PeerConnectionEventHandler for Handler {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub(super) async fn start(
-    options: ClientOptions,
-) -> Result<
-    (
-        mpsc::UnboundedSender<Command>,
-        mpsc::UnboundedReceiver<ClientEvent>,
-    ),
-    ClientError,
-> {
+type Started = (
+    mpsc::UnboundedSender<Command>,
+    mpsc::UnboundedReceiver<ClientEvent>,
+    Arc<AtomicU64>,
+);
+
+pub(super) async fn start(options: ClientOptions) -> Result<Started, ClientError> {
     let url = format!(
         "{}/rtc?room={}&access_token={}",
         options.url.trim_end_matches('/'),
@@ -90,11 +94,12 @@ pub(super) async fn start(
     };
 
     let (peer_tx, peer_rx) = mpsc::unbounded_channel();
-    let pc = build_peer(&options, peer_tx).await?;
+    let (pc, dropped) = build_peer(&options, peer_tx).await?;
     let (command_tx, command_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
         pc,
+        remotes: HashMap::new(),
         events: event_tx,
         making_offer: false,
         want_offer: false,
@@ -106,13 +111,13 @@ pub(super) async fn start(
     tokio::spawn(async move {
         driver.run(socket, join, command_rx, peer_rx).await;
     });
-    Ok((command_tx, event_rx))
+    Ok((command_tx, event_rx, dropped))
 }
 
 async fn build_peer(
     options: &ClientOptions,
     tx: mpsc::UnboundedSender<PeerEvent>,
-) -> Result<Arc<dyn PeerConnection>, ClientError> {
+) -> Result<(Arc<dyn PeerConnection>, Arc<AtomicU64>), ClientError> {
     let mut engine = media_engine()?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)?.with(
         rtc::interceptor::Slot::from(FEEDBACK_SLOT),
@@ -121,20 +126,26 @@ async fn build_peer(
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .build();
-    let pc = PeerConnectionBuilder::new()
+    let lossy = LossyRuntime::new(options.drop_every_nth_rtp.unwrap_or(u64::MAX));
+    let dropped = lossy.dropped.clone();
+    let mut builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(engine)
         .with_interceptor_registry(registry)
         .with_setting_engine(settings)
         .with_handler(Arc::new(Handler { tx }))
-        .with_udp_addrs(vec![std::net::SocketAddr::new(options.bind_ip, 0)])
-        .build()
-        .await?;
-    Ok(Arc::new(pc))
+        .with_udp_addrs(vec![std::net::SocketAddr::new(options.bind_ip, 0)]);
+    if options.drop_every_nth_rtp.is_some() {
+        builder = builder.with_runtime(Arc::new(lossy));
+    }
+    let pc = builder.build().await?;
+    Ok((Arc::new(pc), dropped))
 }
 
 struct Driver {
     pc: Arc<dyn PeerConnection>,
+    /// Received tracks by track id, with their SSRC, for sending feedback.
+    remotes: HashMap<TrackId, (Arc<dyn TrackRemote>, u32)>,
     events: mpsc::UnboundedSender<ClientEvent>,
     /// Our offer awaits the server's answer.
     making_offer: bool,
@@ -170,7 +181,7 @@ impl Driver {
                     }
                     Some(command) => self.on_command(command).await,
                 },
-                Some(event) = peer.recv() => self.on_peer(event),
+                Some(event) = peer.recv() => self.on_peer(event).await,
             };
             for text in outgoing {
                 if sink.send(Message::text(text)).await.is_err() {
@@ -281,8 +292,30 @@ impl Driver {
                 }
                 out
             }
+            Command::Feedback { track_id, feedback } => {
+                self.send_feedback(&track_id, feedback).await;
+                Vec::new()
+            }
             Command::Close => Vec::new(),
         }
+    }
+
+    async fn send_feedback(&self, track_id: &TrackId, feedback: Feedback) {
+        let Some((remote, ssrc)) = self.remotes.get(track_id) else {
+            return;
+        };
+        let packet: Box<dyn rtc::rtcp::Packet> = match feedback {
+            Feedback::Pli => Box::new(PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: *ssrc,
+            }),
+            Feedback::Nack(seqs) => Box::new(TransportLayerNack {
+                sender_ssrc: 0,
+                media_ssrc: *ssrc,
+                nacks: nack_pairs_from_sequence_numbers(&seqs),
+            }),
+        };
+        let _ = remote.write_rtcp(vec![packet]).await;
     }
 
     async fn add_local_track(
@@ -319,7 +352,13 @@ impl Driver {
         self.pc.add_track(track.clone()).await?;
 
         let keyframe_wanted = Arc::new(AtomicBool::new(false));
-        tokio::spawn(watch_feedback(track.clone(), keyframe_wanted.clone()));
+        let keyframe_requests = Arc::new(AtomicU64::new(0));
+        let watch = watch_feedback(
+            track.clone(),
+            keyframe_wanted.clone(),
+            keyframe_requests.clone(),
+        );
+        tokio::spawn(watch);
         Ok(LocalTrack {
             cid,
             kind,
@@ -327,10 +366,11 @@ impl Driver {
             ssrc,
             payload_type,
             keyframe_wanted,
+            keyframe_requests,
         })
     }
 
-    fn on_peer(&mut self, event: PeerEvent) -> Vec<String> {
+    async fn on_peer(&mut self, event: PeerEvent) -> Vec<String> {
         match event {
             PeerEvent::Candidate(init) => {
                 let candidate = IceCandidate {
@@ -345,23 +385,36 @@ impl Driver {
                 Vec::new()
             }
             PeerEvent::Track(remote) => {
-                tokio::spawn(read_track(remote, self.events.clone()));
+                let track_id = TrackId::from_string(remote.track_id().await.to_string());
+                let ssrc = remote.ssrcs().await.first().copied().unwrap_or_default();
+                self.remotes
+                    .insert(track_id.clone(), (remote.clone(), ssrc));
+                tokio::spawn(read_track(remote, track_id, self.events.clone()));
                 Vec::new()
             }
         }
     }
 }
 
-async fn watch_feedback(track: Arc<dyn TrackLocal>, wanted: Arc<AtomicBool>) {
+async fn watch_feedback(
+    track: Arc<dyn TrackLocal>,
+    wanted: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) {
     while let Some(event) = track.poll().await {
-        if let TrackLocalEvent::OnRtcpPacket(_) = event {
+        // Only PLI and FIR get here: the feedback interceptor lets nothing else through.
+        if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+            count.fetch_add(packets.len() as u64, Ordering::Relaxed);
             wanted.store(true, Ordering::Relaxed);
         }
     }
 }
 
-async fn read_track(remote: Arc<dyn TrackRemote>, events: mpsc::UnboundedSender<ClientEvent>) {
-    let track_id = TrackId::from_string(remote.track_id().await.to_string());
+async fn read_track(
+    remote: Arc<dyn TrackRemote>,
+    track_id: TrackId,
+    events: mpsc::UnboundedSender<ClientEvent>,
+) {
     while let Some(event) = remote.poll().await {
         match event {
             TrackRemoteEvent::OnRtpPacket(packet) => {

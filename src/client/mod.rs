@@ -7,9 +7,10 @@
 //! The caller publishes tracks, writes RTP and reads events and received packets.
 
 mod driver;
+pub mod lossy;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub struct ClientOptions {
     pub auto_subscribe: bool,
     /// Local address for the client's media socket.
     pub bind_ip: IpAddr,
+    /// Fault injection: drop every n-th incoming RTP packet (see [`lossy`]).
+    pub drop_every_nth_rtp: Option<u64>,
 }
 
 /// Something the client observed.
@@ -73,13 +76,29 @@ pub(crate) enum Command {
         source: TrackSource,
         reply: oneshot::Sender<Result<LocalTrack, ClientError>>,
     },
+    /// RTCP feedback about a received track, as a subscriber's stack would send it.
+    Feedback {
+        track_id: TrackId,
+        feedback: Feedback,
+    },
     Close,
+}
+
+/// Feedback a subscriber sends about a track it receives.
+#[derive(Debug, Clone)]
+pub enum Feedback {
+    /// Picture loss: asks for a keyframe.
+    Pli,
+    /// Negative acknowledgement of these sequence numbers (as received).
+    Nack(Vec<u16>),
 }
 
 /// A connected client.
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
+    /// Incoming RTP packets dropped by fault injection.
+    dropped: Arc<AtomicU64>,
 }
 
 /// A track this client publishes.
@@ -92,6 +111,8 @@ pub struct LocalTrack {
     payload_type: u8,
     /// Set when the server asked for a keyframe; cleared by `take_keyframe_request`.
     keyframe_wanted: Arc<AtomicBool>,
+    /// Keyframe requests received from the server, ever.
+    keyframe_requests: Arc<AtomicU64>,
 }
 
 impl LocalTrack {
@@ -108,13 +129,21 @@ impl LocalTrack {
     pub fn take_keyframe_request(&self) -> bool {
         self.keyframe_wanted.swap(false, Ordering::Relaxed)
     }
+
+    pub fn keyframe_requests(&self) -> u64 {
+        self.keyframe_requests.load(Ordering::Relaxed)
+    }
 }
 
 impl Client {
     /// Opens the socket (the token is checked before upgrade) and sends `join`.
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
-        let (commands, events) = driver::start(options).await?;
-        Ok(Client { commands, events })
+        let (commands, events, dropped) = driver::start(options).await?;
+        Ok(Client {
+            commands,
+            events,
+            dropped,
+        })
     }
 
     pub fn send(&self, message: ClientMessage) -> Result<(), ClientError> {
@@ -174,6 +203,22 @@ impl Client {
                 return Ok(found);
             }
         }
+    }
+
+    /// Incoming RTP packets dropped so far by `drop_every_nth_rtp`.
+    pub fn dropped_packets(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Sends RTCP feedback about a received track to the server.
+    pub fn feedback(&self, track_id: &TrackId, feedback: Feedback) -> Result<(), ClientError> {
+        let command = Command::Feedback {
+            track_id: track_id.clone(),
+            feedback,
+        };
+        self.commands
+            .send(command)
+            .map_err(|_| ClientError::Stopped)
     }
 
     /// Closes socket and peer connection.

@@ -118,6 +118,7 @@ impl Node {
             token: self.token(room, identity),
             auto_subscribe: true,
             bind_ip: "127.0.0.1".parse().unwrap(),
+            drop_every_nth_rtp: None,
         }
     }
 
