@@ -1,0 +1,23 @@
+#!/bin/sh
+# Installs what building and testing relais needs on a Debian machine that has only
+# the Rust toolchain: a C compiler for the crypto crates, and the headless browser
+# the end-to-end tests drive. Idempotent and quiet when everything is there.
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+
+missing=""
+command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
+command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+if [ -n "$missing" ]; then
+    echo "setup: installing$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if [ "${1:-}" = "--with-browser" ]; then
+    sh scripts/install-browser.sh
+fi
