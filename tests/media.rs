@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use relais::client::{Client, ClientEvent};
+use relais::client::{Client, ClientEvent, PublishCodec};
 use relais::ids::TrackId;
 use relais::signal::protocol::{LeaveReason, ServerMessage, TrackKind};
 use tokio::time::Instant;
@@ -117,5 +117,66 @@ async fn publish_subscribe_late_join_and_leave() {
         expected.sort();
         assert_eq!(gone, expected);
     }
+    sender.abort();
+}
+
+/// An H.264 single-NAL payload: IDR (type 5) or non-IDR slice (type 1), then the index.
+fn h264_packet(index: u64, keyframe: bool) -> rtc::rtp::packet::Packet {
+    let mut packet = packet(TrackKind::Audio, index, false);
+    let mut payload = vec![if keyframe { 0x65 } else { 0x41 }];
+    payload.extend_from_slice(&packet.payload);
+    packet.payload = payload.into();
+    packet.header.timestamp = (index as u32).wrapping_mul(3000);
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_is_forwarded_when_offered() {
+    let node = Node::start();
+    let alice = node.join("h264", "alice").await;
+    let mut bob = node.join("h264", "bob").await;
+    let source = relais::signal::protocol::TrackSource::Camera;
+    let video = alice
+        .publish_codec("cam", PublishCodec::H264, source)
+        .await
+        .unwrap();
+    let sender = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        for index in 0..3000u64 {
+            ticker.tick().await;
+            let keyframe = index % 30 == 0 || video.take_keyframe_request();
+            let _ = video.write(h264_packet(index, keyframe)).await;
+        }
+    });
+
+    let track = bob
+        .wait_for(Duration::from_secs(15), "track_published", |e| match e {
+            ClientEvent::Server(ServerMessage::TrackPublished { track }) => Some(track.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(track.mime_type.to_ascii_lowercase(), "video/h264");
+
+    // The first packet bob gets starts a keyframe; the rest follow without a gap.
+    let mut indices = Vec::new();
+    let mut first_nal = None;
+    bob.wait_for(Duration::from_secs(15), "100 H.264 packets", |e| {
+        if let ClientEvent::Rtp { track_id, packet } = e {
+            if *track_id == track.id {
+                first_nal.get_or_insert(packet.payload[0]);
+                indices.extend(index_of(TrackKind::Audio, &packet.payload[1..]));
+            }
+        }
+        (indices.len() >= 100).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        first_nal,
+        Some(0x65),
+        "the first packet forwarded is not an IDR"
+    );
+    assert_contiguous(&indices);
     sender.abort();
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     nack_pairs_from_sequence_numbers, TransportLayerNack,
@@ -27,11 +29,15 @@ use webrtc::peer_connection::{
 };
 
 use super::lossy::LossyRuntime;
-use super::{ClientError, ClientEvent, ClientOptions, Command, Feedback, LocalTrack};
+use super::{ClientError, ClientEvent, ClientOptions, Command, Feedback, LocalTrack, PublishCodec};
 use crate::ids::TrackId;
 use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
 use crate::participant::peer::media_engine;
 use crate::signal::protocol::{ClientMessage, IceCandidate, ServerMessage, TrackKind};
+
+/// Must match one of the H.264 formats the server registers.
+const H264_CONSTRAINED_BASELINE: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
 /// How long `close` waits for the server to acknowledge `leave`.
 const LEAVE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -268,19 +274,19 @@ impl Driver {
             Command::SendRaw(text) => vec![text],
             Command::Publish {
                 cid,
-                kind,
+                codec,
                 source,
                 reply,
             } => {
                 let announce = ClientMessage::PublishTrack {
                     cid: cid.clone(),
-                    kind,
+                    kind: codec.kind(),
                     source,
                     name: cid.clone(),
                     muted: false,
                 };
                 let mut out = vec![to_json(&announce)];
-                match self.add_local_track(cid, kind).await {
+                match self.add_local_track(cid, codec).await {
                     Ok(track) => {
                         let _ = reply.send(Ok(track));
                         self.want_offer = true;
@@ -321,16 +327,22 @@ impl Driver {
     async fn add_local_track(
         &mut self,
         cid: String,
-        kind: TrackKind,
+        publish: PublishCodec,
     ) -> Result<LocalTrack, ClientError> {
-        let (codec, payload_type, codec_kind) = match kind {
-            TrackKind::Audio => (
+        let (codec, payload_type, codec_kind) = match publish {
+            PublishCodec::Opus => (
                 codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1"),
                 111,
                 RtpCodecKind::Audio,
             ),
-            TrackKind::Video => (codec(MIME_TYPE_VP8, 90_000, 0, ""), 96, RtpCodecKind::Video),
+            PublishCodec::Vp8 => (codec(MIME_TYPE_VP8, 90_000, 0, ""), 96, RtpCodecKind::Video),
+            PublishCodec::H264 => (
+                codec(MIME_TYPE_H264, 90_000, 0, H264_CONSTRAINED_BASELINE),
+                125,
+                RtpCodecKind::Video,
+            ),
         };
+        let kind = publish.kind();
         let ssrc = rand::random::<u32>().max(1);
         let encoding = RTCRtpEncodingParameters {
             rtp_coding_parameters: RTCRtpCodingParameters {

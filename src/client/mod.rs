@@ -72,7 +72,7 @@ pub(crate) enum Command {
     SendRaw(String),
     Publish {
         cid: String,
-        kind: TrackKind,
+        codec: PublishCodec,
         source: TrackSource,
         reply: oneshot::Sender<Result<LocalTrack, ClientError>>,
     },
@@ -91,6 +91,24 @@ pub enum Feedback {
     Pli,
     /// Negative acknowledgement of these sequence numbers (as received).
     Nack(Vec<u16>),
+}
+
+/// The codec a published track is sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishCodec {
+    Opus,
+    Vp8,
+    /// Constrained baseline, packetization mode 1.
+    H264,
+}
+
+impl PublishCodec {
+    pub fn kind(self) -> TrackKind {
+        match self {
+            Self::Opus => TrackKind::Audio,
+            Self::Vp8 | Self::H264 => TrackKind::Video,
+        }
+    }
 }
 
 /// A connected client.
@@ -159,10 +177,25 @@ impl Client {
     }
 
     /// Announces a track, adds it to the connection and offers it to the server.
+    /// Audio is sent as Opus, video as VP8.
     pub async fn publish(
         &self,
         cid: &str,
         kind: TrackKind,
+        source: TrackSource,
+    ) -> Result<LocalTrack, ClientError> {
+        let codec = match kind {
+            TrackKind::Audio => PublishCodec::Opus,
+            TrackKind::Video => PublishCodec::Vp8,
+        };
+        self.publish_codec(cid, codec, source).await
+    }
+
+    /// Like [`publish`](Self::publish), with the codec chosen by the caller.
+    pub async fn publish_codec(
+        &self,
+        cid: &str,
+        codec: PublishCodec,
         source: TrackSource,
     ) -> Result<LocalTrack, ClientError> {
         let (reply, rx) = oneshot::channel();
@@ -170,7 +203,7 @@ impl Client {
         self.commands
             .send(Command::Publish {
                 cid,
-                kind,
+                codec,
                 source,
                 reply,
             })
