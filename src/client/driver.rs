@@ -33,7 +33,7 @@ use super::{ClientError, ClientEvent, ClientOptions, Command, Feedback, LocalTra
 use crate::ids::TrackId;
 use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
 use crate::participant::peer::media_engine;
-use crate::signal::protocol::{ClientMessage, IceCandidate, ServerMessage, TrackKind};
+use crate::signal::protocol::{ClientMessage, IceCandidate, ServerMessage};
 
 /// Must match one of the H.264 formats the server registers.
 const H264_CONSTRAINED_BASELINE: &str =
