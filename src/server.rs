@@ -23,7 +23,7 @@ use crate::participant::socket::{self, ReaderLimits};
 use crate::participant::{NodeContext, Participant};
 use crate::room::messages::{CloseAll, CutIdentity, GetRegistryStats};
 use crate::room::registry::RoomRegistry;
-use crate::signal::protocol::Limits;
+use crate::signal::protocol::{LeaveReason, Limits};
 
 /// State shared by every request handler.
 pub struct AppState {
@@ -38,13 +38,40 @@ pub struct AppState {
 const HARD_FRAME_FACTOR: usize = 16;
 
 /// Runs the node until it is told to stop (SIGINT or SIGTERM).
+///
+/// On a signal the node stops taking joins, tells every participant it is shutting
+/// down (`leave` with `server_shutdown`), and then stops the HTTP server.
 pub async fn run(config: Config) -> std::io::Result<()> {
     let (server, addr, state) = start(config)?;
     info!(%addr, node = %state.node.node_id, "relais is serving");
-    let result = server.await;
-    state.ready.store(false, Ordering::SeqCst);
-    state.node.registry.do_send(CloseAll);
-    result
+    let handle = server.handle();
+    let shutdown_state = state.clone();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        shutdown_state.ready.store(false, Ordering::SeqCst);
+        let close = CloseAll {
+            reason: LeaveReason::ServerShutdown,
+        };
+        let _ = shutdown_state.node.registry.send(close).await;
+        handle.stop(true).await;
+    });
+    server.await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the node can only be killed; keep serving.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 /// Binds and starts the server; returns it with its bound address.
@@ -83,6 +110,7 @@ pub fn start(
             .configure(crate::web::configure)
     })
     .shutdown_timeout(5)
+    .disable_signals()
     .bind(config.http.listen)?;
     let addr = server
         .addrs()
@@ -110,7 +138,11 @@ async fn rtc(
         return Ok(HttpResponse::ServiceUnavailable()
             .json(json!({"error": "not_ready", "message": "the node is not taking joins"})));
     }
-    let token = query.access_token.clone().or_else(|| bearer(&req));
+    let token = query
+        .access_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(&req));
     let room = match query.room.as_deref().map(RoomName::parse) {
         Some(Ok(room)) => room,
         Some(Err(e)) => return Ok(bad_request("bad_room_name", &e.to_string())),

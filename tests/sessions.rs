@@ -91,14 +91,18 @@ async fn a_full_room_refuses_the_next_participant() {
     let _a = node.join("small", "a").await;
     let _b = node.join("small", "b").await;
     let mut c = Client::connect(node.options("small", "c")).await.unwrap();
-    let mut refused = false;
+    let (mut refused, mut reason) = (false, None);
     c.wait_for(Duration::from_secs(10), "room_full and leave", |e| {
         refused |= is_error(e, ErrorCode::RoomFull);
+        if let ClientEvent::Server(ServerMessage::Leave { reason: r }) = e {
+            reason = Some(*r);
+        }
         matches!(e, ClientEvent::Closed).then_some(())
     })
     .await
     .unwrap();
     assert!(refused, "no room_full error before the socket closed");
+    assert_eq!(reason, Some(LeaveReason::RoomFull));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,4 +265,22 @@ async fn an_empty_room_closes_after_the_grace_period() {
     // The name can be used again at once.
     let _again = node.join("brief", "alice").await;
     wait_for_rooms(&node, 1, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_everyone_and_exits_cleanly() {
+    let mut node = Node::start();
+    let mut alice = node.join("closing", "alice").await;
+
+    let status = tokio::task::block_in_place(|| node.terminate(Duration::from_secs(15)));
+    let status = status.expect("relais did not exit within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let reason = alice
+        .wait_for(Duration::from_secs(5), "leave", |e| match e {
+            ClientEvent::Server(ServerMessage::Leave { reason }) => Some(*reason),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(reason, LeaveReason::ServerShutdown);
 }

@@ -120,6 +120,11 @@ impl Participant {
         self.send(ServerMessage::error(code, message, Some(request)));
     }
 
+    /// An error about something the server did on its own, not in reply to a request.
+    fn send_unprompted_error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.send(ServerMessage::error(code, message, None));
+    }
+
     /// Leaves the room once, telling the client why, and stops the actor.
     fn leave(&mut self, reason: LeaveReason, ctx: &mut Context<Self>) {
         if !self.left {
@@ -172,7 +177,7 @@ impl Participant {
             Ok((room, Ok(accepted))) => act.joined(room, accepted, ctx),
             Ok((_, Err(JoinRefused::Full))) => {
                 act.send_error(ErrorCode::RoomFull, "the room is full", "join");
-                act.close_socket(LeaveReason::RoomClosed);
+                act.close_socket(LeaveReason::RoomFull);
                 ctx.stop();
             }
             Ok((_, Err(JoinRefused::Closed))) | Err(_) => {
@@ -377,8 +382,12 @@ impl Actor for Participant {
                 reason,
             });
         }
-        if let Some(pc) = self.pc.take() {
-            tokio::spawn(async move {
+        // Whatever ended the session, the client must not be left with a dead socket.
+        self.outbox.close(CloseCode::Normal, "session ended");
+        // While the node shuts down there may be no runtime left to close on; the
+        // process exit closes the sockets then.
+        if let (Some(pc), Ok(runtime)) = (self.pc.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
                 let _ = pc.close().await;
             });
         }

@@ -100,7 +100,9 @@ impl Participant {
             Err(e) => {
                 debug!(participant = %act.id, error = %e, "server offer failed");
                 act.offer_outstanding = false;
-                act.send_error(ErrorCode::Internal, "renegotiation failed", "offer");
+                // The changes are still unoffered; the next trigger tries again.
+                act.renegotiate = true;
+                act.send_unprompted_error(ErrorCode::Internal, "renegotiation failed");
             }
         }));
     }

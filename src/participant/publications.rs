@@ -114,11 +114,8 @@ impl Participant {
         ctx: &mut Context<Self>,
     ) {
         if !self.claims.grants.publish {
-            return self.send_error(
-                ErrorCode::PermissionDenied,
-                "token does not grant publish",
-                "offer",
-            );
+            let message = "token does not grant publish: incoming media is ignored";
+            return self.send_unprompted_error(ErrorCode::PermissionDenied, message);
         }
         let announced = self
             .announced

@@ -110,9 +110,14 @@ pub fn spawn_reader(
                 Ok(frame) => frame,
                 Err(e) => break Some(format!("protocol error: {e}")),
             };
-            match limiter.check(Instant::now()) {
-                Verdict::Accept => {}
-                Verdict::Refuse => {
+            // Only frames that carry messages count: pings and closes always pass.
+            let counted = matches!(
+                frame,
+                AggregatedMessage::Text(_) | AggregatedMessage::Binary(_)
+            );
+            match counted.then(|| limiter.check(Instant::now())) {
+                None | Some(Verdict::Accept) => {}
+                Some(Verdict::Refuse) => {
                     refuse(
                         &outbox,
                         ErrorCode::RateLimited,
@@ -120,7 +125,7 @@ pub fn spawn_reader(
                     );
                     continue;
                 }
-                Verdict::Disconnect => {
+                Some(Verdict::Disconnect) => {
                     outbox.close(CloseCode::Policy, "message flood");
                     break Some("message flood".to_owned());
                 }

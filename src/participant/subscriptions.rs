@@ -11,7 +11,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use rtc::media_stream::{MediaStreamId, MediaStreamTrack, MediaStreamTrackId};
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
 };
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -112,6 +113,8 @@ impl Participant {
             },
         );
 
+        // A plain send-receive transceiver: with the crate's send-only ones, the NACK
+        // responder is not bound to the stream and lost packets stay lost.
         let fut = async move { pc.add_track(local).await };
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(sender) => {
@@ -122,9 +125,10 @@ impl Participant {
                 act.maybe_offer(ctx);
             }
             Err(e) => {
-                debug!(participant = %act.id, error = %e, "add_track failed");
+                debug!(participant = %act.id, error = %e, "adding a down-track failed");
                 act.subscriptions.remove(&track_id);
-                act.send_error(ErrorCode::Internal, "subscription failed", "subscribe");
+                let message = format!("subscription to {track_id} failed");
+                act.send_unprompted_error(ErrorCode::Internal, message);
             }
         }));
     }
@@ -136,21 +140,27 @@ impl Participant {
             return;
         }
         let Some(pc) = self.pc.clone() else { return };
-        let pending: Vec<(TrackId, Arc<dyn RtpSender>, String)> = self
+        let pending: Vec<(TrackId, Arc<dyn RtpSender>, RTCRtpCodec)> = self
             .subscriptions
             .iter()
             .filter(|(_, s)| s.tasks.is_none())
-            .filter_map(|(id, s)| {
-                Some((id.clone(), s.sender.clone()?, s.up.codec.mime_type.clone()))
-            })
+            .filter_map(|(id, s)| Some((id.clone(), s.sender.clone()?, s.up.codec.clone())))
             .collect();
         if pending.is_empty() {
             return;
         }
         let fut = negotiated(pc, pending);
-        ctx.wait(fut.into_actor(self).map(|settled, act, _ctx| {
-            for negotiated in settled {
-                act.start_down_track(negotiated);
+        ctx.wait(fut.into_actor(self).map(|settled, act, ctx| {
+            for settlement in settled {
+                match settlement {
+                    Settlement::Ready(negotiated) => act.start_down_track(negotiated),
+                    Settlement::NotYet => {}
+                    Settlement::NoCodec(track_id) => {
+                        let message = format!("no codec in common for {track_id}");
+                        act.send_unprompted_error(ErrorCode::Internal, message);
+                        act.unsubscribe(&track_id, false, ctx);
+                    }
+                }
             }
         }));
     }
@@ -206,14 +216,23 @@ impl Participant {
     }
 }
 
+/// What reading a pending subscription's transceiver found.
+enum Settlement {
+    Ready(Negotiated),
+    /// Not in any answered offer yet; the next offer carries it.
+    NotYet,
+    /// Negotiated, but the client accepted none of the publisher's codec.
+    NoCodec(TrackId),
+}
+
 /// Reads mid and payload type of each pending subscription's transceiver.
 async fn negotiated(
     pc: Arc<dyn PeerConnection>,
-    pending: Vec<(TrackId, Arc<dyn RtpSender>, String)>,
-) -> Vec<Negotiated> {
-    let mut settled = Vec::new();
+    pending: Vec<(TrackId, Arc<dyn RtpSender>, RTCRtpCodec)>,
+) -> Vec<Settlement> {
     let transceivers = pc.get_transceivers().await;
-    for (track_id, sender, mime) in pending {
+    let mut settled = Vec::new();
+    for (track_id, sender, codec) in pending {
         let mut mid = None;
         for transceiver in &transceivers {
             let Ok(Some(candidate)) = transceiver.sender().await else {
@@ -223,23 +242,51 @@ async fn negotiated(
                 mid = transceiver.mid().await.ok().flatten();
             }
         }
-        let Some(mid) = mid else { continue };
-        let Ok(params) = sender.get_parameters().await else {
+        let Some(mid) = mid else {
+            settled.push(Settlement::NotYet);
             continue;
         };
-        let codec = params
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime));
-        let Some(codec) = codec else { continue };
-        settled.push(Negotiated {
-            track_id,
-            mid,
-            payload_type: codec.payload_type,
+        let params = sender
+            .get_parameters()
+            .await
+            .map(|p| p.rtp_parameters.codecs);
+        let payload_type = params
+            .ok()
+            .and_then(|codecs| payload_type_of(&codec, &codecs));
+        settled.push(match payload_type {
+            Some(payload_type) => Settlement::Ready(Negotiated {
+                track_id,
+                mid,
+                payload_type,
+            }),
+            None => Settlement::NoCodec(track_id),
         });
     }
     settled
+}
+
+/// The payload type negotiated for `codec`: same format parameters first, then same MIME type.
+fn payload_type_of(codec: &RTCRtpCodec, negotiated: &[RTCRtpCodecParameters]) -> Option<u8> {
+    let same_mime =
+        |c: &&RTCRtpCodecParameters| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type);
+    let exact = negotiated
+        .iter()
+        .filter(same_mime)
+        .find(|c| c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line);
+    exact
+        .or_else(|| negotiated.iter().find(same_mime))
+        .map(|c| c.payload_type)
+}
+
+fn encoding(codec: &RTCRtpCodec, ssrc: u32) -> RTCRtpEncodingParameters {
+    RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            ssrc: Some(ssrc),
+            ..Default::default()
+        },
+        codec: codec.clone(),
+        ..Default::default()
+    }
 }
 
 fn local_track(info: &TrackInfo, codec: &RTCRtpCodec, ssrc: u32) -> TrackLocalStaticRTP {
@@ -247,20 +294,12 @@ fn local_track(info: &TrackInfo, codec: &RTCRtpCodec, ssrc: u32) -> TrackLocalSt
         TrackKind::Audio => RtpCodecKind::Audio,
         TrackKind::Video => RtpCodecKind::Video,
     };
-    let encoding = RTCRtpEncodingParameters {
-        rtp_coding_parameters: RTCRtpCodingParameters {
-            ssrc: Some(ssrc),
-            ..Default::default()
-        },
-        codec: codec.clone(),
-        ..Default::default()
-    };
     // The stream id groups a publisher's tracks, so clients can lip-sync them.
     TrackLocalStaticRTP::new(MediaStreamTrack::new(
         MediaStreamId::from(info.participant_id.to_string()),
         MediaStreamTrackId::from(info.id.to_string()),
         info.name.clone(),
         kind,
-        vec![encoding],
+        vec![encoding(codec, ssrc)],
     ))
 }

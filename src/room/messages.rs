@@ -32,10 +32,12 @@ pub struct RegistryStats {
     pub rooms: usize,
 }
 
-/// Closes every room: the node is shutting down.
-#[derive(Message)]
+/// Closes every room, telling participants why.
+#[derive(Message, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct CloseAll;
+pub struct CloseAll {
+    pub reason: LeaveReason,
+}
 
 /// Cuts the sessions of an identity as if its network had dropped (dev mode only).
 #[derive(Message)]

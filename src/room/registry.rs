@@ -75,9 +75,9 @@ impl Handler<GetRegistryStats> for RoomRegistry {
 impl Handler<CloseAll> for RoomRegistry {
     type Result = ();
 
-    fn handle(&mut self, _msg: CloseAll, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: CloseAll, _ctx: &mut Self::Context) {
         for room in self.rooms.values() {
-            room.do_send(CloseAll);
+            room.do_send(msg);
         }
     }
 }

@@ -75,20 +75,15 @@ impl Room {
         let generation = self.generation;
         ctx.run_later(self.empty_timeout, move |room, ctx| {
             if room.members.is_empty() && room.generation == generation {
-                room.close(ctx);
+                room.close(LeaveReason::RoomClosed, ctx);
             }
         });
     }
 
-    fn close(&mut self, ctx: &mut Context<Self>) {
-        info!(room = %self.name, "room closed");
+    fn close(&mut self, reason: LeaveReason, ctx: &mut Context<Self>) {
+        info!(room = %self.name, ?reason, "room closed");
         self.closed = true;
-        self.broadcast(
-            RoomEvent::Kick {
-                reason: LeaveReason::RoomClosed,
-            },
-            None,
-        );
+        self.broadcast(RoomEvent::Kick { reason }, None);
         for track in self.tracks.values() {
             track.handle.send(UpTrackCommand::Stop);
         }
@@ -297,8 +292,8 @@ impl Handler<FindTrack> for Room {
 impl Handler<CloseAll> for Room {
     type Result = ();
 
-    fn handle(&mut self, _msg: CloseAll, ctx: &mut Self::Context) {
-        self.close(ctx);
+    fn handle(&mut self, msg: CloseAll, ctx: &mut Self::Context) {
+        self.close(msg.reason, ctx);
     }
 }
 

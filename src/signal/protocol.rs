@@ -193,6 +193,8 @@ pub enum LeaveReason {
     ProtocolViolation,
     /// The node is shutting down.
     ServerShutdown,
+    /// The room is at its participant limit (sent after a `room_full` error).
+    RoomFull,
     /// The room was closed.
     RoomClosed,
 }
@@ -228,8 +230,9 @@ pub enum ErrorCode {
     MessageTooLarge,
     /// More messages than the rate limit allows; this one was dropped.
     RateLimited,
-    /// A message other than `join` arrived before `join`, or `join` twice.
+    /// A message other than `join` arrived before `join`.
     NotJoined,
+    /// `join` arrived a second time on the same socket.
     AlreadyJoined,
     /// The SDP could not be parsed or applied.
     BadSdp,
