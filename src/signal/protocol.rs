@@ -432,4 +432,41 @@ mod tests {
         assert_eq!(value["code"], ErrorCode::RateLimited.as_str());
         assert_eq!(value["request"], "mute");
     }
+
+    /// Mutated and random frames never panic the parser; they are refused or accepted.
+    #[test]
+    fn mutated_frames_never_panic() {
+        let seeds = [
+            r#"{"type":"join","auto_subscribe":false}"#,
+            r#"{"type":"offer","sdp":"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"}"#,
+            r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMLineIndex":0}"#,
+            r#"{"type":"subscribe","track_ids":["TR_a","TR_b"]}"#,
+            r#"{"type":"publish_track","cid":"c","kind":"video","source":"camera"}"#,
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut bytes = seeds[round % seeds.len()].as_bytes().to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % bytes.len().max(1);
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, next() as u8),
+                }
+                if bytes.is_empty() {
+                    bytes.push(b'{');
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = parse_client_message(&text) {
+                assert!(!e.message.is_empty());
+            }
+        }
+    }
 }
