@@ -284,3 +284,46 @@ async fn sigterm_tells_everyone_and_exits_cleanly() {
         .unwrap();
     assert_eq!(reason, LeaveReason::ServerShutdown);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpublished_track_is_withdrawn_from_its_subscribers() {
+    let node = Node::start();
+    let mut alice = node.join("withdraw", "alice").await;
+    let mut bob = node.join("withdraw", "bob").await;
+    let audio = publish(&alice, "mic", TrackKind::Audio).await;
+    let sender = tokio::spawn(async move {
+        send_packets(&audio, 0, 6000, Duration::from_millis(10)).await;
+    });
+    let track_id = published_ids(&mut alice, &["mic"]).await.remove(0);
+    wait_for_packets(&mut bob, 20).await;
+
+    alice
+        .send(ClientMessage::UnpublishTrack {
+            track_id: track_id.clone(),
+        })
+        .unwrap();
+    let gone = bob
+        .wait_for(Duration::from_secs(10), "track_unpublished", |e| match e {
+            ClientEvent::Server(ServerMessage::TrackUnpublished { track_id, .. }) => {
+                Some(track_id.clone())
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(gone, track_id);
+    // The forwarder has stopped: nothing more reaches bob, though alice still sends.
+    assert_no_packets_for(&mut bob, Duration::from_millis(1500)).await;
+
+    // A second unpublish of the same track is an error, and alice stays in the room.
+    alice
+        .send(ClientMessage::UnpublishTrack { track_id })
+        .unwrap();
+    alice
+        .wait_for(Duration::from_secs(10), "unknown_track", |e| {
+            is_error(e, ErrorCode::UnknownTrack).then_some(())
+        })
+        .await
+        .unwrap();
+    sender.abort();
+}
