@@ -125,7 +125,7 @@ impl Participant {
         self.send(ServerMessage::error(code, message, None));
     }
 
-    /// Leaves the room once, telling the client why, and stops the actor.
+    /// Leaves the room once (the others learn `reason`) and stops the actor.
     fn leave(&mut self, reason: LeaveReason, ctx: &mut Context<Self>) {
         if !self.left {
             self.left = true;
