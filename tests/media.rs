@@ -95,23 +95,38 @@ async fn publish_subscribe_late_join_and_leave() {
     for indices in received.values() {
         assert_contiguous(indices);
     }
+    // Bob's down-tracks are untouched by carol's: he still gets packets sent after
+    // carol's, in order (what he received earlier may still sit in his queue).
+    let newest = received.values().flatten().copied().max().unwrap_or(0);
+    let received = collect(&mut bob, &kinds, 400, Duration::from_secs(20)).await;
+    for indices in received.values() {
+        assert_contiguous(indices);
+        assert!(
+            indices.iter().any(|i| *i > newest + 20),
+            "bob stopped at {indices:?}"
+        );
+    }
 
-    // The publisher leaves: the others are told its tracks and itself are gone.
+    // The publisher leaves: the others are told it is gone, then its tracks.
     alice.close();
     for watcher in [&mut bob, &mut carol] {
-        let mut gone = Vec::new();
+        let (mut gone, mut left) = (Vec::new(), None);
         watcher
-            .wait_for(Duration::from_secs(10), "alice's departure", |e| match e {
-                ClientEvent::Server(ServerMessage::TrackUnpublished { track_id, .. }) => {
-                    gone.push(track_id.clone());
-                    None
+            .wait_for(Duration::from_secs(10), "alice's departure", |e| {
+                match e {
+                    ClientEvent::Server(ServerMessage::TrackUnpublished { track_id, .. }) => {
+                        gone.push(track_id.clone())
+                    }
+                    ClientEvent::Server(ServerMessage::ParticipantLeft { reason, .. }) => {
+                        left = Some(*reason)
+                    }
+                    _ => {}
                 }
-                ClientEvent::Server(ServerMessage::ParticipantLeft { reason, .. }) => Some(*reason),
-                _ => None,
+                (left.is_some() && gone.len() == 2).then_some(())
             })
             .await
-            .map(|reason| assert_eq!(reason, LeaveReason::ClientLeave))
-            .expect("participant_left");
+            .expect("participant_left and track_unpublished");
+        assert_eq!(left, Some(LeaveReason::ClientLeave));
         gone.sort();
         let mut expected = vec![video_id.clone(), audio_id.clone()];
         expected.sort();

@@ -34,6 +34,17 @@ use super::rewrite::{seq_delta, Retired, RtpRewriter, REORDER_WINDOW};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DownTrackKey(pub u64);
 
+/// Source of down-track keys: one counter for the node, because every subscriber of a
+/// track shares that track's forwarder and keys must not collide there.
+static NEXT_DOWN_TRACK_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl DownTrackKey {
+    /// A key no other down-track on this node has.
+    pub fn fresh() -> Self {
+        Self(NEXT_DOWN_TRACK_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// What a forwarder forwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ForwarderConfig {

@@ -67,8 +67,6 @@ pub struct Participant {
     announced: HashMap<String, Announced>,
     published: HashMap<crate::ids::TrackId, Publication>,
     subscriptions: HashMap<crate::ids::TrackId, Subscription>,
-    /// Down-track keys are unique per participant.
-    next_key: u64,
     /// DTLS is up: packets written now reach the client instead of being refused.
     media_connected: bool,
     left: bool,
@@ -95,7 +93,6 @@ impl Participant {
             announced: HashMap::new(),
             published: HashMap::new(),
             subscriptions: HashMap::new(),
-            next_key: 0,
             media_connected: false,
             left: false,
         }
@@ -310,11 +307,12 @@ impl Participant {
                 participant_id,
                 track_id,
             } => {
-                self.unsubscribe(&track_id, false, ctx);
+                // Tell the client before renegotiating, which holds the mailbox.
                 self.send(ServerMessage::TrackUnpublished {
-                    track_id,
+                    track_id: track_id.clone(),
                     participant_id,
                 });
+                self.unsubscribe(&track_id, false, ctx);
             }
             RoomEvent::TrackMuted { track_id, muted } => {
                 self.send(ServerMessage::TrackMuted { track_id, muted })
@@ -335,9 +333,7 @@ impl Participant {
         debug!(participant = %self.id, %state, "peer connection state");
         if state == RTCPeerConnectionState::Connected {
             self.media_connected = true;
-            if !self.offer_outstanding {
-                self.activate_subscriptions(ctx);
-            }
+            self.activate_subscriptions(ctx);
         }
         if matches!(
             state,

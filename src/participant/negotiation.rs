@@ -5,8 +5,9 @@
 //! answer; a client offer that arrives while one does is refused as glare.
 
 use actix::prelude::*;
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use tracing::debug;
-use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
+use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
 
 use super::Participant;
 use crate::signal::protocol::{ErrorCode, IceCandidate, ServerMessage};
@@ -50,6 +51,7 @@ impl Participant {
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => {
                 act.offer_outstanding = false;
+                act.mark_answered();
                 act.activate_subscriptions(ctx);
                 act.maybe_offer(ctx);
             }
@@ -93,10 +95,14 @@ impl Participant {
         let fut = async move {
             let offer = pc.create_offer(None).await?;
             pc.set_local_description(offer.clone()).await?;
-            Ok::<_, webrtc::error::Error>(offer.sdp)
+            let senders = offered_senders(&*pc).await;
+            Ok::<_, webrtc::error::Error>((offer.sdp, senders))
         };
         ctx.wait(fut.into_actor(self).map(|res, act, _ctx| match res {
-            Ok(sdp) => act.send(ServerMessage::Offer { sdp }),
+            Ok((sdp, senders)) => {
+                act.mark_offered(&senders);
+                act.send(ServerMessage::Offer { sdp });
+            }
             Err(e) => {
                 debug!(participant = %act.id, error = %e, "server offer failed");
                 act.offer_outstanding = false;
@@ -106,4 +112,16 @@ impl Participant {
             }
         }));
     }
+}
+
+/// Senders whose transceivers have a mid, i.e. appear in the local description.
+async fn offered_senders(pc: &dyn PeerConnection) -> Vec<RTCRtpSenderId> {
+    let mut senders = Vec::new();
+    for transceiver in pc.get_transceivers().await {
+        let has_mid = transceiver.mid().await.ok().flatten().is_some();
+        if let (true, Ok(Some(sender))) = (has_mid, transceiver.sender().await) {
+            senders.push(sender.id());
+        }
+    }
+    senders
 }

@@ -15,6 +15,7 @@ use rtc::interceptor::Slot;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
 };
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
@@ -136,8 +137,11 @@ impl PeerFactory {
 
     fn setting_engine(&self) -> webrtc::peer_connection::SettingEngine {
         // mDNS would open a multicast socket and hide the host address clients need.
-        let builder =
-            SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled);
+        // When answering, stay the DTLS server: after a server offer the client chose
+        // to be the DTLS client, and a later answer must not claim that role too.
+        let builder = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_answering_dtls_role(RTCDtlsRole::Server);
         match self.media.public_ip {
             Some(ip) => builder
                 .with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host)

@@ -14,6 +14,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::mpsc;
 use tracing::debug;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -35,6 +36,9 @@ pub(super) struct Subscription {
     up: UpTrackHandle,
     local: Arc<dyn TrackLocal>,
     sender: Option<Arc<dyn RtpSender>>,
+    /// Carried by a server offer; then answered by the client.
+    offered: bool,
+    answered: bool,
     /// Running once the client answered the offer that carries this track.
     tasks: Option<DownTrackTasks>,
 }
@@ -57,6 +61,24 @@ struct Negotiated {
 }
 
 impl Participant {
+    /// A server offer was made: these senders are in it.
+    pub(super) fn mark_offered(&mut self, senders: &[RTCRtpSenderId]) {
+        for sub in self.subscriptions.values_mut() {
+            let in_offer = sub
+                .sender
+                .as_ref()
+                .is_some_and(|s| senders.contains(&s.id()));
+            sub.offered |= in_offer;
+        }
+    }
+
+    /// The client answered: whatever the offers carried is now negotiated.
+    pub(super) fn mark_answered(&mut self) {
+        for sub in self.subscriptions.values_mut() {
+            sub.answered |= sub.offered;
+        }
+    }
+
     pub(super) fn on_subscribe(&mut self, track_ids: Vec<TrackId>, ctx: &mut Context<Self>) {
         if !self.claims.grants.subscribe {
             let message = "token does not grant subscribe";
@@ -96,8 +118,7 @@ impl Participant {
             return;
         }
         let Some(pc) = self.pc.clone() else { return };
-        self.next_key += 1;
-        let key = DownTrackKey(self.next_key);
+        let key = DownTrackKey::fresh();
         let ssrc = rand::random::<u32>().max(1);
         let local: Arc<dyn TrackLocal> = Arc::new(local_track(&info, &up.codec, ssrc));
         let track_id = info.id.clone();
@@ -109,13 +130,25 @@ impl Participant {
                 up,
                 local: local.clone(),
                 sender: None,
+                offered: false,
+                answered: false,
                 tasks: None,
             },
         );
 
-        // A plain send-receive transceiver: with the crate's send-only ones, the NACK
-        // responder is not bound to the stream and lost packets stay lost.
-        let fut = async move { pc.add_track(local).await };
+        // Always a new transceiver: `add_track` would reuse the receive-only one of a
+        // track the client publishes, where the client never receives. Send-receive,
+        // because with the crate's send-only ones lost packets are not retransmitted.
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendrecv,
+            streams: Vec::new(),
+            send_encodings: Vec::new(),
+        };
+        let fut = async move {
+            let transceiver = pc.add_transceiver_from_track(local, Some(init)).await?;
+            let sender = transceiver.sender().await?;
+            sender.ok_or_else(|| webrtc::error::Error::Other("transceiver has no sender".into()))
+        };
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(sender) => {
                 if let Some(sub) = act.subscriptions.get_mut(&track_id) {
@@ -143,7 +176,7 @@ impl Participant {
         let pending: Vec<(TrackId, Arc<dyn RtpSender>, RTCRtpCodec)> = self
             .subscriptions
             .iter()
-            .filter(|(_, s)| s.tasks.is_none())
+            .filter(|(_, s)| s.answered && s.tasks.is_none())
             .filter_map(|(id, s)| Some((id.clone(), s.sender.clone()?, s.up.codec.clone())))
             .collect();
         if pending.is_empty() {

@@ -153,9 +153,11 @@ impl Room {
         }
     }
 
+    /// Announces the departure first, so clients can drop the tile at once, then
+    /// withdraws the participant's tracks (each withdrawal renegotiates).
     fn remove_member(&mut self, id: &ParticipantId, reason: LeaveReason) {
-        self.remove_tracks_of(id);
         if self.members.remove(id).is_none() {
+            self.remove_tracks_of(id);
             return;
         }
         debug!(room = %self.name, participant = %id, ?reason, "participant left");
@@ -164,6 +166,7 @@ impl Room {
             reason,
         };
         self.broadcast(event, None);
+        self.remove_tracks_of(id);
     }
 }
 
