@@ -48,10 +48,16 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Join simulated participants to running nodes and measure what they forward.
+    Load(relais::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The load generator is a client: it needs no node configuration.
+    if let Command::Load(args) = cli.command {
+        return relais::load::run(args);
+    }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve => serve(config),
+        Command::Load(_) => unreachable!("handled before the configuration is read"),
         Command::Token {
             room,
             identity,

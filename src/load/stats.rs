@@ -1,0 +1,353 @@
+//! What a simulated participant measures about the media it receives.
+//!
+//! Owns per-track loss accounting ([`SequenceTracker`]), the per-participant
+//! [`ReceiveStats`] (packets, bytes, loss, delay histogram, time of first media), and
+//! small helpers for quantiles of few samples and rates. All of it is I/O-free: the
+//! caller passes the receive time as the duration since the epoch.
+//!
+//! Loss is counted from the load header's per-track sequence, which the server
+//! forwards untouched, not from RTP sequence numbers, which it rewrites: here a packet
+//! is lost when a later one arrived and it never did. Packets after the newest one
+//! received (a stream that stalled) are counted by the summary, which knows how many
+//! each publisher sent.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::histogram::Histogram;
+use super::payload;
+use crate::ids::TrackId;
+use crate::signal::protocol::TrackKind;
+
+/// How many sequence numbers behind the newest a tracker can still tell a duplicate
+/// from a late packet. Older arrivals are counted as late.
+const REORDER_WINDOW: u64 = 128;
+
+/// What one arrival changed in a track's loss count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The newest packet so far; `skipped` packets before it are missing for now.
+    Ahead { skipped: u64 },
+    /// An older packet that fills a gap (reordered or retransmitted).
+    Late,
+    /// Already received.
+    Duplicate,
+}
+
+impl Arrival {
+    /// The change this arrival makes to the number of missing packets.
+    pub fn loss_change(self) -> i64 {
+        match self {
+            Arrival::Ahead { skipped } => i64::try_from(skipped).unwrap_or(i64::MAX),
+            Arrival::Late => -1,
+            Arrival::Duplicate => 0,
+        }
+    }
+}
+
+/// Loss accounting of one track's sequence, from the first packet received.
+#[derive(Debug, Clone, Default)]
+pub struct SequenceTracker {
+    /// Lowest and highest sequence received; `None` before the first packet.
+    range: Option<(u64, u64)>,
+    /// Distinct packets received.
+    received: u64,
+    duplicates: u64,
+    /// Bit i set: sequence `highest - i` has arrived.
+    seen: u128,
+}
+
+impl SequenceTracker {
+    pub fn record(&mut self, sequence: u64) -> Arrival {
+        let Some((first, highest)) = self.range else {
+            self.range = Some((sequence, sequence));
+            self.received = 1;
+            self.seen = 1;
+            return Arrival::Ahead { skipped: 0 };
+        };
+        if sequence > highest {
+            let advance = sequence - highest;
+            self.seen = if advance >= REORDER_WINDOW {
+                1
+            } else {
+                (self.seen << advance) | 1
+            };
+            self.range = Some((first, sequence));
+            self.received += 1;
+            return Arrival::Ahead {
+                skipped: advance - 1,
+            };
+        }
+        self.record_behind(sequence, first, highest)
+    }
+
+    fn record_behind(&mut self, sequence: u64, first: u64, highest: u64) -> Arrival {
+        let age = highest - sequence;
+        if age < REORDER_WINDOW {
+            let bit = 1u128 << age;
+            if self.seen & bit != 0 {
+                self.duplicates += 1;
+                return Arrival::Duplicate;
+            }
+            self.seen |= bit;
+        }
+        self.received += 1;
+        if sequence >= first {
+            return Arrival::Late;
+        }
+        // Earlier than the first packet: the packets in between are now missing too.
+        self.range = Some((sequence, highest));
+        Arrival::Ahead {
+            skipped: first - sequence - 1,
+        }
+    }
+
+    /// The newest sequence received.
+    pub fn highest(&self) -> Option<u64> {
+        self.range.map(|(_, highest)| highest)
+    }
+
+    /// Packets from the first to the newest received.
+    pub fn expected(&self) -> u64 {
+        self.range.map_or(0, |(first, highest)| highest - first + 1)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.received)
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+}
+
+/// Counters of one received track.
+#[derive(Debug, Clone)]
+pub struct TrackStats {
+    pub kind: TrackKind,
+    /// The publisher's stream number, from the load header.
+    pub stream: u32,
+    pub packets: u64,
+    /// RTP payload bytes.
+    pub bytes: u64,
+    pub sequence: SequenceTracker,
+}
+
+/// Everything one participant measured about what it received.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveStats {
+    pub tracks: HashMap<TrackId, TrackStats>,
+    /// One-way delay, send to receive.
+    pub delay: Histogram,
+    /// When the first media packet arrived, since the epoch.
+    pub first_media: Option<Duration>,
+    /// Packets without a load header.
+    pub unparsed: u64,
+}
+
+/// What one received packet was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub kind: TrackKind,
+    pub arrival: Arrival,
+}
+
+impl ReceiveStats {
+    /// Records a packet of `track` received at `now`; `None` without a load header.
+    pub fn record(&mut self, track: &TrackId, payload: &[u8], now: Duration) -> Option<Received> {
+        let Some((kind, header)) = payload::parse(payload) else {
+            self.unparsed += 1;
+            return None;
+        };
+        self.first_media.get_or_insert(now);
+        self.delay.record(now.saturating_sub(header.sent));
+
+        if !self.tracks.contains_key(track) {
+            let fresh = TrackStats {
+                kind,
+                stream: header.stream,
+                packets: 0,
+                bytes: 0,
+                sequence: SequenceTracker::default(),
+            };
+            self.tracks.insert(track.clone(), fresh);
+        }
+        let stats = self.tracks.get_mut(track)?;
+        stats.packets += 1;
+        stats.bytes += payload.len() as u64;
+        let arrival = stats.sequence.record(header.sequence);
+        Some(Received { kind, arrival })
+    }
+
+    /// Packets received of one kind.
+    pub fn packets(&self, kind: TrackKind) -> u64 {
+        self.sum(kind, |t| t.packets)
+    }
+
+    pub fn bytes(&self, kind: TrackKind) -> u64 {
+        self.sum(kind, |t| t.bytes)
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.tracks.values().map(|t| t.sequence.duplicates()).sum()
+    }
+
+    fn sum(&self, kind: TrackKind, field: impl Fn(&TrackStats) -> u64) -> u64 {
+        let of_kind = self.tracks.values().filter(|t| t.kind == kind);
+        of_kind.map(field).sum()
+    }
+}
+
+/// The nearest-rank quantile `q` (0..=1) of unsorted samples.
+pub fn quantile(samples: &[Duration], q: f64) -> Option<Duration> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
+/// Events per second of a growing total, between successive readings.
+#[derive(Debug, Clone, Default)]
+pub struct RateMeter {
+    last: Option<(Duration, u64)>,
+}
+
+impl RateMeter {
+    /// The rate since the previous reading; 0 for the first.
+    pub fn update(&mut self, now: Duration, total: u64) -> f64 {
+        let rate = match self.last {
+            Some((then, before)) => per_second(total.saturating_sub(before), now - then),
+            None => 0.0,
+        };
+        self.last = Some((now, total));
+        rate
+    }
+}
+
+/// `count` over `elapsed`, 0 when no time passed.
+pub fn per_second(count: u64, elapsed: Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::payload::PayloadHeader;
+    use super::*;
+
+    fn track(sequences: &[u64]) -> (SequenceTracker, i64) {
+        let mut tracker = SequenceTracker::default();
+        let change = sequences.iter().map(|s| tracker.record(*s).loss_change());
+        let live_loss = change.sum();
+        (tracker, live_loss)
+    }
+
+    #[test]
+    fn in_order_has_no_loss() {
+        let (t, live) = track(&[10, 11, 12, 13]);
+        assert_eq!((t.expected(), t.lost(), live), (4, 0, 0));
+        assert_eq!(t.highest(), Some(13));
+        assert_eq!(SequenceTracker::default().highest(), None);
+    }
+
+    #[test]
+    fn a_gap_is_loss_until_filled() {
+        let (t, live) = track(&[0, 1, 4, 5]);
+        assert_eq!((t.lost(), live), (2, 2));
+        let (t, live) = track(&[0, 1, 4, 3, 5, 2]);
+        assert_eq!((t.lost(), live), (0, 0));
+    }
+
+    #[test]
+    fn duplicates_are_neither_received_twice_nor_lost() {
+        let (t, live) = track(&[0, 1, 1, 2, 0]);
+        assert_eq!((t.expected(), t.duplicates(), t.lost(), live), (3, 2, 0, 0));
+    }
+
+    #[test]
+    fn an_arrival_before_the_first_widens_the_range() {
+        let (t, live) = track(&[5, 6, 2]);
+        assert_eq!((t.expected(), t.lost(), live), (5, 2, 2));
+        let (t, live) = track(&[5, 6, 2, 3, 4]);
+        assert_eq!((t.lost(), live), (0, 0));
+    }
+
+    #[test]
+    fn jumps_beyond_the_window_forget_old_arrivals() {
+        let (t, live) = track(&[0, 1000, 1]);
+        assert_eq!((t.expected(), t.lost(), live), (1001, 998, 998));
+        let (t, _) = track(&[0, 300, 299, 299]);
+        assert_eq!((t.lost(), t.duplicates()), (298, 1));
+    }
+
+    fn payload(video: bool, sequence: u64, sent_ms: u64) -> Vec<u8> {
+        let mut bytes = if video { vec![0x10, 0x01] } else { Vec::new() };
+        let header = PayloadHeader {
+            stream: 1,
+            sequence,
+            sent: Duration::from_millis(sent_ms),
+        };
+        header.write(&mut bytes);
+        bytes.resize(bytes.len() + 50, 0);
+        bytes
+    }
+
+    #[test]
+    fn receive_stats_split_kinds_and_measure_delay() {
+        let (cam, mic) = (
+            TrackId::from_string("cam".into()),
+            TrackId::from_string("mic".into()),
+        );
+        let mut stats = ReceiveStats::default();
+        let ms = Duration::from_millis;
+        stats.record(&cam, &payload(true, 0, 100), ms(103));
+        stats.record(&cam, &payload(true, 2, 110), ms(111));
+        stats.record(&mic, &payload(false, 7, 120), ms(125));
+        let got = stats.record(&mic, &payload(false, 8, 140), ms(142));
+        assert_eq!(stats.record(&mic, b"not ours", ms(150)), None);
+
+        let ahead = Arrival::Ahead { skipped: 0 };
+        assert_eq!(
+            got,
+            Some(Received {
+                kind: TrackKind::Audio,
+                arrival: ahead
+            })
+        );
+        assert_eq!(stats.packets(TrackKind::Video), 2);
+        assert_eq!(stats.packets(TrackKind::Audio), 2);
+        assert_eq!(stats.bytes(TrackKind::Audio), 2 * (24 + 50));
+        let video = &stats.tracks[&cam];
+        assert_eq!(
+            (video.stream, video.sequence.lost(), stats.unparsed),
+            (1, 1, 1)
+        );
+        assert_eq!(stats.first_media, Some(ms(103)));
+        assert_eq!(stats.delay.max(), Some(ms(5)));
+        assert_eq!(stats.delay.min(), Some(ms(1)));
+    }
+
+    #[test]
+    fn quantiles_of_samples_use_the_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        assert_eq!(quantile(&samples, 0.5), Some(Duration::from_millis(50)));
+        assert_eq!(quantile(&samples, 0.99), Some(Duration::from_millis(99)));
+        assert_eq!(
+            quantile(&samples[..1], 0.99),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn rates_are_per_second_between_readings() {
+        let mut meter = RateMeter::default();
+        assert_eq!(meter.update(Duration::from_secs(1), 100), 0.0);
+        assert_eq!(meter.update(Duration::from_millis(1500), 400), 600.0);
+        assert_eq!(per_second(10, Duration::ZERO), 0.0);
+    }
+}
