@@ -21,52 +21,27 @@ const JS: &str = "text/javascript; charset=utf-8";
 
 static INDEX: &str = include_str!("../web/index.html");
 
+/// An asset from `web/app/`, named by its file name.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_str!(concat!("../web/app/", $name)),
+        }
+    };
+}
+
 static ASSETS: &[Asset] = &[
-    Asset {
-        name: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../web/app/style.css"),
-    },
-    Asset {
-        name: "main.js",
-        content_type: JS,
-        body: include_str!("../web/app/main.js"),
-    },
-    Asset {
-        name: "meeting.js",
-        content_type: JS,
-        body: include_str!("../web/app/meeting.js"),
-    },
-    Asset {
-        name: "connection.js",
-        content_type: JS,
-        body: include_str!("../web/app/connection.js"),
-    },
-    Asset {
-        name: "media.js",
-        content_type: JS,
-        body: include_str!("../web/app/media.js"),
-    },
-    Asset {
-        name: "sdp.js",
-        content_type: JS,
-        body: include_str!("../web/app/sdp.js"),
-    },
-    Asset {
-        name: "stats.js",
-        content_type: JS,
-        body: include_str!("../web/app/stats.js"),
-    },
-    Asset {
-        name: "view.js",
-        content_type: JS,
-        body: include_str!("../web/app/view.js"),
-    },
-    Asset {
-        name: "icons.js",
-        content_type: JS,
-        body: include_str!("../web/app/icons.js"),
-    },
+    asset!("style.css", "text/css; charset=utf-8"),
+    asset!("main.js", JS),
+    asset!("meeting.js", JS),
+    asset!("connection.js", JS),
+    asset!("media.js", JS),
+    asset!("sdp.js", JS),
+    asset!("stats.js", JS),
+    asset!("view.js", JS),
+    asset!("icons.js", JS),
 ];
 
 /// What the page may load: its own assets, its own socket, local media and blobs.

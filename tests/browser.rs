@@ -64,6 +64,22 @@ fn base_url(node: &Node) -> String {
 /// Opens one browser per name, all at once, each joining `room` through the form.
 /// The first gets a desktop-sized window for screenshots; the others smaller ones,
 /// which cost less to paint.
+/// Ada and Grace in `room`, joined, with media flowing both ways; returns Ada's id.
+fn meeting_of_two(room: &str) -> (Node, ChromeDriver, Vec<Page>, String) {
+    let node = start_node();
+    let driver = ChromeDriver::start();
+    let pages = join_all(
+        &driver,
+        &base_url(&node),
+        room,
+        &["Ada Lovelace", "Grace Hopper"],
+    );
+    let ada_id = pages[0].wait_joined(secs(30));
+    pages[1].wait_joined(secs(30));
+    wait_media_flows(&[&pages[0], &pages[1]], FLOWING, secs(30));
+    (node, driver, pages, ada_id)
+}
+
 fn join_all(driver: &ChromeDriver, base: &str, room: &str, names: &[&str]) -> Vec<Page> {
     std::thread::scope(|scope| {
         let opening: Vec<_> = names
@@ -84,19 +100,8 @@ fn join_all(driver: &ChromeDriver, base: &str, room: &str, names: &[&str]) -> Ve
 #[test]
 fn two_participants_see_and_hear_each_other() {
     let _turn = serial();
-    let node = start_node();
-    let driver = ChromeDriver::start();
-
-    let pages = join_all(
-        &driver,
-        &base_url(&node),
-        "pair",
-        &["Ada Lovelace", "Grace Hopper"],
-    );
-    let (ada, grace) = (&pages[0], &pages[1]);
-    let ada_id = ada.wait_joined(secs(30));
-    grace.wait_joined(secs(30));
-    wait_media_flows(&[ada, grace], FLOWING, secs(30));
+    let (_node, _driver, pages, ada_id) = meeting_of_two("pair");
+    let grace = &pages[1];
 
     let seen = grace.status();
     let names: Vec<&str> = seen.participants.iter().map(|p| p.name.as_str()).collect();
@@ -201,19 +206,8 @@ fn four_participants_then_one_leaves() {
 #[test]
 fn reconnects_after_the_node_cuts_signaling() {
     let _turn = serial();
-    let node = start_node();
-    let driver = ChromeDriver::start();
-
-    let pages = join_all(
-        &driver,
-        &base_url(&node),
-        "cut",
-        &["Ada Lovelace", "Grace Hopper"],
-    );
+    let (node, _driver, pages, ada_before) = meeting_of_two("cut");
     let (ada, grace) = (&pages[0], &pages[1]);
-    let ada_before = ada.wait_joined(secs(30));
-    grace.wait_joined(secs(30));
-    wait_media_flows(&[ada, grace], FLOWING, secs(30));
     let reconnects = ada.status().reconnects;
 
     // The node drops Ada's socket without a close frame, as a broken network would.
