@@ -102,6 +102,9 @@ impl PeerFactory {
     }
 
     /// Addresses to try binding, in order: one per port of the range, from the cursor.
+    ///
+    /// One socket per peer connection: the crate has no UDP multiplexing yet, so the
+    /// range must be as wide as the number of participants a node serves.
     fn candidate_addrs(&self) -> Vec<SocketAddr> {
         let (min, max) = (self.media.udp_port_min, self.media.udp_port_max);
         if min == 0 {
@@ -156,6 +159,12 @@ impl PeerFactory {
 }
 
 /// The codecs relais forwards. No RTX: publishers retransmit in the original stream.
+///
+/// The header extensions come from the crate's defaults (mid 1, rid 2, rrid 3,
+/// transport-cc 4). When relais offers first these ids become the bundle's, and
+/// Chrome's later offers, which use its own default ids, clash with them; browser
+/// clients renumber their offers today. Registering Chrome's default ids here would
+/// remove that burden.
 pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
     let mut engine = MediaEngine::default();
     let opus = codec(
