@@ -21,7 +21,7 @@ use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 /// Counters for one down-track.
 #[derive(Debug, Default)]
 pub struct DownTrackCounters {
-    pub packets_written: AtomicU64,
+    /// Writes refused by the connection (not bound yet, or closing).
     pub write_errors: AtomicU64,
     pub keyframe_requests: AtomicU64,
 }
@@ -65,10 +65,9 @@ async fn write_loop(
     while let Some(packet) = queue.recv().await {
         // A write fails while the transceiver is not bound yet or is going away;
         // the packet is lost either way, and later ones may still go through.
-        match local.write_rtp(packet).await {
-            Ok(()) => counters.packets_written.fetch_add(1, Ordering::Relaxed),
-            Err(_) => counters.write_errors.fetch_add(1, Ordering::Relaxed),
-        };
+        if local.write_rtp(packet).await.is_err() {
+            counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

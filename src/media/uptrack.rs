@@ -52,14 +52,12 @@ pub enum UpTrackCommand {
     Stop,
 }
 
-/// Counters shared with whoever wants to read them; written only by the task.
+/// What only the task can count, shared with readers; packets in and out and the
+/// keyframe requests are the forwarder's own statistics and are not counted twice.
 #[derive(Debug, Default)]
 pub struct UpTrackCounters {
-    pub packets_in: AtomicU64,
-    pub packets_out: AtomicU64,
     /// Packets dropped because a down-track's queue was full.
     pub queue_drops: AtomicU64,
-    pub keyframe_requests_sent: AtomicU64,
 }
 
 /// A cheap, clonable way to reach an up-track task.
@@ -155,7 +153,6 @@ impl Loop {
         // to a subscriber, and the subscriber's own interceptors add theirs.
         packet.header.extension = false;
         packet.header.extensions.clear();
-        self.counters.packets_in.fetch_add(1, Ordering::Relaxed);
         self.out.clear();
         self.forwarder.handle_rtp(now, &packet, &mut self.out);
 
@@ -163,10 +160,9 @@ impl Loop {
             let Some(sink) = self.sinks.get(&key) else {
                 continue;
             };
-            match sink.try_send(copy) {
-                Ok(()) => self.counters.packets_out.fetch_add(1, Ordering::Relaxed),
-                Err(_) => self.counters.queue_drops.fetch_add(1, Ordering::Relaxed),
-            };
+            if sink.try_send(copy).is_err() {
+                self.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -203,11 +199,7 @@ impl Loop {
             media_ssrc,
         };
         // A failed write means the publisher is going away; the poll loop sees it next.
-        if remote.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
-            self.counters
-                .keyframe_requests_sent
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
     }
 }
 

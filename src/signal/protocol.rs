@@ -439,7 +439,10 @@ mod tests {
         let seeds = [
             r#"{"type":"join","auto_subscribe":false}"#,
             r#"{"type":"offer","sdp":"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"}"#,
-            r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMLineIndex":0}"#,
+            concat!(
+                r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","#,
+                r#""sdpMLineIndex":0}"#
+            ),
             r#"{"type":"subscribe","track_ids":["TR_a","TR_b"]}"#,
             r#"{"type":"publish_track","cid":"c","kind":"video","source":"camera"}"#,
         ];

@@ -448,7 +448,8 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_joined() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
         let (status, value) = parse_response(raw).unwrap();
         assert_eq!(status, 200);
         assert_eq!(value, json!({"a": 1}));
