@@ -43,13 +43,7 @@ impl Meeting {
         let bob = node.join(ROOM, "bob").await;
         let video = publish(&alice, "cam", TrackKind::Video).await;
         let audio = publish(&alice, "mic", TrackKind::Audio).await;
-        let sender = tokio::spawn(async move {
-            let interval = Duration::from_millis(10);
-            tokio::join!(
-                send_packets(&video, 0, 12_000, interval),
-                send_packets(&audio, 0, 12_000, interval)
-            );
-        });
+        let sender = stream(vec![video, audio], 12_000);
         let ids = published_ids(&mut alice, &["cam", "mic"]).await;
         let kinds = HashMap::from([
             (ids[0].clone(), TrackKind::Video),
@@ -163,6 +157,21 @@ async fn expect_pong(socket: &mut Socket, id: u64) {
 
 /// Joins without subscribing, so that no server offer is outstanding.
 const JOIN_QUIETLY: &str = r#"{"type":"join","auto_subscribe":false}"#;
+
+/// Reads until the socket ends; `None` if it is still open after `within`, else the
+/// close code the server sent, if any.
+async fn closed_within(socket: &mut Socket, within: Duration) -> Option<Option<u16>> {
+    let ending = async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    };
+    tokio::time::timeout(within, ending).await.ok()
+}
 
 async fn joined_socket(node: &Node, identity: &str) -> Socket {
     let mut socket = raw_socket(node, identity).await;
@@ -311,16 +320,8 @@ async fn oversized_messages_are_refused() {
     // Far above it: the socket is closed.
     let huge = "y".repeat(2 * 1024 * 1024);
     let _ = socket.send(Message::text(huge)).await;
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "socket stayed open after a 2 MiB frame");
+    let closed = closed_within(&mut socket, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "socket stayed open after a 2 MiB frame");
     meeting.assert_flowing().await;
 }
 
@@ -360,17 +361,9 @@ async fn a_flood_is_rate_limited_then_cut() {
             break;
         }
     }
-    let code = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await
-    .expect("the flooding socket was not closed");
+    let code = closed_within(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("the flooding socket was not closed");
     assert_eq!(code, Some(1008));
     meeting.assert_flowing().await;
 }

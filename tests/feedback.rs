@@ -21,9 +21,7 @@ async fn packets_lost_on_the_way_to_a_subscriber_are_retransmitted() {
     };
     let mut bob = Client::connect(lossy).await.unwrap();
     let video = publish(&alice, "cam", TrackKind::Video).await;
-    let sender = tokio::spawn(async move {
-        send_packets(&video, 0, 6000, Duration::from_millis(10)).await;
-    });
+    let sender = stream(vec![video], 6000);
     let track_id = published_ids(&mut alice, &["cam"]).await.remove(0);
 
     // Collect 300 packets; retransmissions fill the holes the loss made.

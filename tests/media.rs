@@ -70,13 +70,7 @@ async fn publish_subscribe_late_join_and_leave() {
     let audio = publish(&alice, "mic", TrackKind::Audio).await;
     // Media flows from the start, as a real client's would: the server learns of a
     // track when its first packets arrive.
-    let sender = tokio::spawn(async move {
-        let interval = Duration::from_millis(10);
-        tokio::join!(
-            send_packets(&video, 0, 3000, interval),
-            send_packets(&audio, 0, 3000, interval)
-        );
-    });
+    let sender = stream(vec![video, audio], 3000);
     let ids = published_ids(&mut alice, &["cam", "mic"]).await;
     let (video_id, audio_id) = (ids[0].clone(), ids[1].clone());
     let kinds = HashMap::from([

@@ -20,6 +20,15 @@ fn is_error(event: &ClientEvent, code: ErrorCode) -> bool {
     matches!(event, ClientEvent::Server(ServerMessage::Error(e)) if e.code == code)
 }
 
+/// The reason of the server's `leave`, which must come within `within`.
+async fn leave_reason(client: &mut Client, within: Duration) -> LeaveReason {
+    let pick = |e: &ClientEvent| match e {
+        ClientEvent::Server(ServerMessage::Leave { reason }) => Some(*reason),
+        _ => None,
+    };
+    client.wait_for(within, "leave", pick).await.unwrap()
+}
+
 /// Polls `/readyz` until it reports `rooms` open rooms.
 async fn wait_for_rooms(node: &Node, rooms: u64, within: Duration) {
     let deadline = Instant::now() + within;
@@ -110,13 +119,7 @@ async fn the_same_identity_joining_again_replaces_the_old_session() {
     let node = Node::start();
     let mut first = node.join("dup", "erin").await;
     let _second = node.join("dup", "erin").await;
-    let reason = first
-        .wait_for(Duration::from_secs(10), "leave", |e| match e {
-            ClientEvent::Server(ServerMessage::Leave { reason }) => Some(*reason),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let reason = leave_reason(&mut first, Duration::from_secs(10)).await;
     assert_eq!(reason, LeaveReason::DuplicateIdentity);
 }
 
@@ -131,9 +134,7 @@ async fn explicit_subscription_mute_and_unsubscribe() {
     let mut bob = Client::connect(quiet).await.unwrap();
 
     let audio = publish(&alice, "mic", TrackKind::Audio).await;
-    let sender = tokio::spawn(async move {
-        send_packets(&audio, 0, 6000, Duration::from_millis(10)).await;
-    });
+    let sender = stream(vec![audio], 6000);
     let track_id = published_ids(&mut alice, &["mic"]).await.remove(0);
     bob.wait_for(Duration::from_secs(10), "track_published", |e| {
         matches!(e, ClientEvent::Server(ServerMessage::TrackPublished { .. })).then_some(())
@@ -275,13 +276,7 @@ async fn sigterm_tells_everyone_and_exits_cleanly() {
     let status = tokio::task::block_in_place(|| node.terminate(Duration::from_secs(15)));
     let status = status.expect("relais did not exit within 15 s of SIGTERM");
     assert!(status.success(), "exit status {status}");
-    let reason = alice
-        .wait_for(Duration::from_secs(5), "leave", |e| match e {
-            ClientEvent::Server(ServerMessage::Leave { reason }) => Some(*reason),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let reason = leave_reason(&mut alice, Duration::from_secs(5)).await;
     assert_eq!(reason, LeaveReason::ServerShutdown);
 }
 
@@ -291,9 +286,7 @@ async fn an_unpublished_track_is_withdrawn_from_its_subscribers() {
     let mut alice = node.join("withdraw", "alice").await;
     let mut bob = node.join("withdraw", "bob").await;
     let audio = publish(&alice, "mic", TrackKind::Audio).await;
-    let sender = tokio::spawn(async move {
-        send_packets(&audio, 0, 6000, Duration::from_millis(10)).await;
-    });
+    let sender = stream(vec![audio], 6000);
     let track_id = published_ids(&mut alice, &["mic"]).await.remove(0);
     wait_for_packets(&mut bob, 20).await;
 

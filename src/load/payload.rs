@@ -74,6 +74,19 @@ pub fn parse(payload: &[u8]) -> Option<(TrackKind, PayloadHeader)> {
     Some((TrackKind::Video, header))
 }
 
+/// A payload as a publisher of stream 1 would send it, for the statistics' tests.
+#[cfg(test)]
+pub(super) fn sample(video: bool, sequence: u64, sent_ms: u64) -> Vec<u8> {
+    let mut bytes = if video { vec![0x10, 0x01] } else { Vec::new() };
+    let header = PayloadHeader {
+        stream: 1,
+        sequence,
+        sent: Duration::from_millis(sent_ms),
+    };
+    header.write(&mut bytes);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

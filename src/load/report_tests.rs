@@ -1,17 +1,7 @@
-use super::super::payload::PayloadHeader;
 use super::*;
 use crate::ids::TrackId;
 
-fn packet(video: bool, sequence: u64, sent_ms: u64) -> Vec<u8> {
-    let mut bytes = if video { vec![0x10, 0x01] } else { Vec::new() };
-    let header = PayloadHeader {
-        stream: 1,
-        sequence,
-        sent: Duration::from_millis(sent_ms),
-    };
-    header.write(&mut bytes);
-    bytes
-}
+use super::super::payload::sample as packet;
 
 /// A participant that joined after `join_ms` and received `sequences` of video and
 /// audio, each 2 ms after sending.

@@ -236,7 +236,6 @@ pub fn per_second(count: u64, elapsed: Duration) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::payload::PayloadHeader;
     use super::*;
 
     fn track(sequences: &[u64]) -> (SequenceTracker, i64) {
@@ -285,13 +284,7 @@ mod tests {
     }
 
     fn payload(video: bool, sequence: u64, sent_ms: u64) -> Vec<u8> {
-        let mut bytes = if video { vec![0x10, 0x01] } else { Vec::new() };
-        let header = PayloadHeader {
-            stream: 1,
-            sequence,
-            sent: Duration::from_millis(sent_ms),
-        };
-        header.write(&mut bytes);
+        let mut bytes = payload::sample(video, sequence, sent_ms);
         bytes.resize(bytes.len() + 50, 0);
         bytes
     }

@@ -260,6 +260,16 @@ pub async fn send_packets(track: &LocalTrack, start: u64, count: u64, interval: 
     }
 }
 
+/// Streams `count` packets on each track, every 10 ms, in a task of its own.
+pub fn stream(tracks: Vec<LocalTrack>, count: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let senders = tracks
+            .iter()
+            .map(|track| send_packets(track, 0, count, Duration::from_millis(10)));
+        futures_util::future::join_all(senders).await;
+    })
+}
+
 pub async fn publish(client: &Client, cid: &str, kind: TrackKind) -> LocalTrack {
     let source = match kind {
         TrackKind::Audio => TrackSource::Microphone,
