@@ -29,7 +29,8 @@ pub const ALL_ROOMS: &str = "*";
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/nodes", web::get().to(list_nodes))
+    cfg.route("/admin/node", web::get().to(this_node))
+        .route("/admin/nodes", web::get().to(list_nodes))
         .route("/admin/rooms", web::get().to(list_rooms))
         .route("/admin/rooms/{room}", web::get().to(show_room))
         .route("/admin/rooms/{room}", web::delete().to(end_room))
@@ -102,6 +103,36 @@ fn parse_room(raw: &str) -> Result<RoomName, HttpResponse> {
             &e.to_string(),
         )
     })
+}
+
+/// This node's own view: its state, and the rooms it acts as owner of now.
+async fn this_node(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(refused) = authorize(&req, &state, None) {
+        return refused;
+    }
+    let placement = &state.node.placement;
+    let status = placement.status();
+    // A fenced node owns nothing it may act on, whatever its map still holds.
+    let acting = placement.gate().is_open_now();
+    let rooms: Vec<_> = placement
+        .owned_rooms()
+        .into_iter()
+        .map(|(room, epoch)| json!({"room": room, "epoch": epoch, "acting": acting}))
+        .collect();
+    let counters = placement.counters();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    HttpResponse::Ok().json(json!({
+        "node": placement.node(),
+        "status": status,
+        "owned": rooms,
+        "counters": {
+            "stale_epoch": count(&counters.stale_epoch),
+            "fenced_joins": count(&counters.fenced_joins),
+            "rooms_acquired": count(&counters.rooms_acquired),
+            "rooms_lost": count(&counters.rooms_lost),
+            "keepalive_failures": count(&counters.keepalive_failures),
+        },
+    }))
 }
 
 async fn list_nodes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

@@ -146,6 +146,15 @@ impl Placement for EmbeddedPlacement {
         self.rooms().load = Some(load);
     }
 
+    fn owned_rooms(&self) -> Vec<(RoomName, Epoch)> {
+        let rooms = self.rooms();
+        rooms
+            .owned
+            .iter()
+            .map(|(r, (e, _))| (r.clone(), *e))
+            .collect()
+    }
+
     async fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
