@@ -194,7 +194,7 @@ async fn report_load(registry: Addr<RoomRegistry>, placement: Arc<dyn Placement>
         };
         let now = tokio::time::Instant::now();
         let sample = procfs::sample(pid).ok();
-        let cpu_ratio = match (last.take(), sample.clone()) {
+        let cpu_ratio = match (last.take(), sample) {
             (Some((before, at)), Some(after)) => {
                 let cpu = procfs::cpu_between(before, after, ticks);
                 cpu.as_secs_f64() / now.duration_since(at).as_secs_f64().max(1e-3)

@@ -438,3 +438,66 @@ async fn an_etcd_outage_keeps_media_refuses_joins_and_heals() {
     assert_eq!(joined_node(&mut late).await, owner);
     streaming.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_act_on_a_room_through_any_node_and_stale_epochs_are_refused() {
+    let etcd = Etcd::start();
+    let nodes = cluster(&etcd, &["r", "r"], "");
+    wait_for(Duration::from_secs(10), "membership", || {
+        (ids_of(&nodes[0].admin("GET", "/admin/nodes").1, "nodes", "id").len() == 2).then_some(())
+    });
+    let mut kept = nodes[0].join("town-hall", "kim").await;
+    let mut removed = nodes[1].join("town-hall", "lee").await;
+    let (owner, epoch) = wait_for(Duration::from_secs(5), "owner", || {
+        owner_of(&nodes[0], "town-hall")
+    });
+    let owner_node = node_by_id(&nodes, &owner);
+    let other = nodes
+        .iter()
+        .find(|n| n.addr != owner_node.addr)
+        .expect("two nodes");
+
+    // A request stamped with an epoch that is not the owner's is refused and counted.
+    let stale = format!("/admin/rooms/town-hall?epoch={}", epoch - 1);
+    let (status, body) = owner_node.admin("GET", &stale);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "stale_epoch");
+    let (_, view) = owner_node.admin("GET", "/admin/node");
+    assert!(
+        view["counters"]["stale_epoch"].as_u64() >= Some(1),
+        "{view}"
+    );
+
+    // Removing a participant through the other node is forwarded to the owner.
+    let (status, body) = other.admin("DELETE", "/admin/rooms/town-hall/participants/lee");
+    assert_eq!(status, 200, "{body}");
+    let reason = removed
+        .wait_for(Duration::from_secs(5), "leave", |e| match e {
+            ClientEvent::Server(ServerMessage::Leave { reason }) => Some(*reason),
+            _ => None,
+        })
+        .await
+        .expect("removed participant is told");
+    assert_eq!(reason, LeaveReason::Removed);
+    let (status, _) = other.admin("DELETE", "/admin/rooms/town-hall/participants/lee");
+    assert_eq!(status, 404);
+
+    // Ending the room, again through the other node.
+    let (status, body) = other.admin("DELETE", "/admin/rooms/town-hall");
+    assert_eq!(status, 200, "{body}");
+    let reason = kept
+        .wait_for(Duration::from_secs(5), "leave", |e| match e {
+            ClientEvent::Server(ServerMessage::Leave { reason }) => Some(*reason),
+            _ => None,
+        })
+        .await
+        .expect("participants are told");
+    assert_eq!(reason, LeaveReason::RoomClosed);
+    wait_for(Duration::from_secs(5), "room gone", || {
+        owner_of(&nodes[0], "town-hall").is_none().then_some(())
+    });
+    let (status, body) = other.admin("GET", "/admin/rooms/town-hall");
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = other.admin("GET", "/admin/rooms/bad%20name");
+    assert_eq!(status, 400);
+}
