@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cascade;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::auth::{self, AuthError, Grants, TokenRequest, Verifier};
+use crate::cascade::link::{LinkEvent, Links};
+use crate::cascade::Cascade;
 use crate::cluster::{self, JoinHints, NodeLoad, Placement};
 use crate::config::Config;
 use crate::ids::RoomName;
@@ -24,7 +26,9 @@ use crate::load::procfs;
 use crate::participant::peer::PeerFactory;
 use crate::participant::socket::{self, ReaderLimits};
 use crate::participant::{NodeContext, Participant};
-use crate::room::messages::{CloseAll, CutIdentity, GetRegistryStats, PlacementNotice};
+use crate::room::messages::{
+    CascadeNotice, CloseAll, CutIdentity, GetRegistryStats, PlacementNotice,
+};
 use crate::room::registry::RoomRegistry;
 use crate::signal::protocol::{LeaveReason, Limits};
 
@@ -124,16 +128,34 @@ pub async fn start(
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr, web::Data<AppState>)> {
     let listener = std::net::TcpListener::bind(config.http.listen)?;
     let addr = listener.local_addr()?;
+    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
+    let cascade = start_cascade(&config, link_tx)?;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let placement = cluster::start(&config, advertise_url(&config, addr), events_tx)
-        .await
-        .map_err(std::io::Error::other)?;
+    let placement = cluster::start(
+        &config,
+        advertise_url(&config, addr),
+        cascade.as_ref().map(|c| c.advertised),
+        events_tx,
+    )
+    .await
+    .map_err(std::io::Error::other)?;
     let registry = RoomRegistry::new(
         placement.clone(),
+        cascade.clone(),
         config.room.max_participants,
         config.room.empty_timeout,
     )
     .start();
+    let links = registry.clone();
+    actix_web::rt::spawn(async move {
+        while let Some(event) = link_rx.recv().await {
+            links.do_send(match event {
+                LinkEvent::Up { peer } => CascadeNotice::Up { peer },
+                LinkEvent::Down { peer } => CascadeNotice::Down { peer },
+                LinkEvent::Control { peer, message } => CascadeNotice::Control { peer, message },
+            });
+        }
+    });
     let notices = registry.clone();
     actix_web::rt::spawn(async move {
         while let Some(event) = events_rx.recv().await {
@@ -150,6 +172,7 @@ pub async fn start(
         node_id: config.node.id.clone(),
         registry,
         placement,
+        cascade,
         peers: PeerFactory::new(config.media.clone()),
         limits,
     });
@@ -178,6 +201,37 @@ pub async fn start(
     let server = server.run();
     state.ready.store(true, Ordering::SeqCst);
     Ok((server, addr, state))
+}
+
+/// Binds the cascade port when the node is part of a cluster.
+fn start_cascade(
+    config: &Config,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) -> std::io::Result<Option<Arc<Cascade>>> {
+    let Some(secret) = config.cluster.cascade_secret.as_ref() else {
+        return Ok(None);
+    };
+    if config.cluster.etcd_endpoints.is_empty() {
+        return Ok(None);
+    }
+    let links = Links::start(
+        config.node.id.clone(),
+        &secret.0,
+        config.cluster.cascade_listen,
+        events,
+    )
+    .map_err(std::io::Error::other)?;
+    let bound = links.local_addr().unwrap_or(config.cluster.cascade_listen);
+    let ip = match bound.ip() {
+        ip if ip.is_unspecified() => config
+            .media
+            .public_ip
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        ip => ip,
+    };
+    let advertised = SocketAddr::new(ip, bound.port());
+    info!(%advertised, "cascade port open");
+    Ok(Some(Arc::new(Cascade::new(links, advertised))))
 }
 
 /// Tells the placement how busy this node is, every couple of seconds.

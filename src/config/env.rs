@@ -47,6 +47,16 @@ const ENV_VARS: &[EnvVar] = &[
         "a ws:// or wss:// URL, or empty",
     ),
     env_var(
+        "RELAIS_CASCADE_LISTEN",
+        &["cluster.cascade_listen"],
+        "a UDP socket address like 0.0.0.0:7881",
+    ),
+    env_var(
+        "RELAIS_CASCADE_SECRET",
+        &["cluster.cascade_secret"],
+        "a secret of at least 32 bytes",
+    ),
+    env_var(
         "RELAIS_LEASE_TTL_SECS",
         &["cluster.lease_ttl_secs"],
         "whole seconds",
@@ -142,6 +152,11 @@ impl Config {
             "RELAIS_ETCD_ENDPOINTS" => self.cluster.etcd_endpoints = parse_list(value),
             "RELAIS_ADVERTISE_URL" if value.is_empty() => self.cluster.advertise_url = None,
             "RELAIS_ADVERTISE_URL" => self.cluster.advertise_url = Some(value.to_owned()),
+            "RELAIS_CASCADE_LISTEN" => self.cluster.cascade_listen = parse_env(var, value)?,
+            "RELAIS_CASCADE_SECRET" if value.is_empty() => self.cluster.cascade_secret = None,
+            "RELAIS_CASCADE_SECRET" => {
+                self.cluster.cascade_secret = Some(super::Secret(value.to_owned()));
+            }
             "RELAIS_LEASE_TTL_SECS" => {
                 self.cluster.lease_ttl = Duration::from_secs(parse_env(var, value)?);
             }

@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use rtc::shared::marshal::Unmarshal;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -81,11 +83,34 @@ impl UpTrackHandle {
     }
 }
 
-/// Everything the task needs; built by the publisher's participant.
+/// Where an up-track's packets come from.
+pub enum Source {
+    /// A publisher's track on this node.
+    Peer {
+        remote: Arc<dyn TrackRemote>,
+        media_ssrc: u32,
+    },
+    /// A track published on another node, arriving over a cascade link as RTP
+    /// bytes. The origin is told when this node starts and stops wanting it, and
+    /// when a subscriber here needs a keyframe.
+    Cascade {
+        packets: mpsc::Receiver<Bytes>,
+        origin: Arc<dyn CascadeOrigin>,
+    },
+}
+
+/// The far end of a cascaded track, as the up-track task sees it.
+pub trait CascadeOrigin: Send + Sync {
+    /// Called with true when the first down-track attaches, false when the last goes.
+    fn demand(&self, wanted: bool);
+    fn keyframe(&self);
+}
+
+/// Everything the task needs; built by the publisher's participant, or by a room
+/// for a track published on another node.
 pub struct UpTrack {
     pub track_id: TrackId,
-    pub remote: Arc<dyn TrackRemote>,
-    pub media_ssrc: u32,
+    pub source: Source,
     pub codec: RTCRtpCodec,
     pub config: ForwarderConfig,
 }
@@ -126,23 +151,46 @@ async fn run(
         out: Vec::new(),
         counters,
     };
+    let mut source = up.source;
     loop {
         let wake = state.forwarder.poll_timeout();
         tokio::select! {
-            event = up.remote.poll() => match event {
-                Some(TrackRemoteEvent::OnRtpPacket(packet)) => state.forward(packet),
-                Some(TrackRemoteEvent::OnEnded) | None => break,
-                Some(_) => {}
+            packet = next_packet(&mut source) => match packet {
+                Some(packet) => state.forward(packet),
+                None => break,
             },
             command = commands.recv() => match command {
                 Some(UpTrackCommand::Stop) | None => break,
-                Some(command) => state.apply(command),
+                Some(command) => state.apply(command, &source),
             },
             _ = sleep_until_opt(wake) => {}
         }
-        state
-            .request_keyframe_if_due(&*up.remote, up.media_ssrc)
-            .await;
+        state.request_keyframe_if_due(&source).await;
+    }
+    if let Source::Cascade { origin, .. } = &source {
+        if !state.sinks.is_empty() {
+            origin.demand(false);
+        }
+    }
+}
+
+/// The next RTP packet of the track; `None` once it has ended.
+async fn next_packet(source: &mut Source) -> Option<Packet> {
+    match source {
+        Source::Peer { remote, .. } => loop {
+            match remote.poll().await {
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) => return Some(packet),
+                Some(TrackRemoteEvent::OnEnded) | None => return None,
+                Some(_) => {}
+            }
+        },
+        Source::Cascade { packets, .. } => loop {
+            let mut raw = packets.recv().await?;
+            // The link checked the framing only; a bad packet is dropped here.
+            if let Ok(packet) = Packet::unmarshal(&mut raw) {
+                return Some(packet);
+            }
+        },
     }
 }
 
@@ -166,8 +214,12 @@ impl Loop {
         }
     }
 
-    fn apply(&mut self, command: UpTrackCommand) {
+    fn apply(&mut self, command: UpTrackCommand, source: &Source) {
         let now = Instant::now();
+        let origin = match source {
+            Source::Cascade { origin, .. } => Some(origin),
+            Source::Peer { .. } => None,
+        };
         match command {
             UpTrackCommand::AddDownTrack {
                 key,
@@ -175,12 +227,22 @@ impl Loop {
                 payload_type,
                 sink,
             } => {
+                if self.sinks.is_empty() {
+                    if let Some(origin) = origin {
+                        origin.demand(true);
+                    }
+                }
                 self.sinks.insert(key, sink);
                 self.forwarder.add_down_track(now, key, ssrc, payload_type);
             }
             UpTrackCommand::RemoveDownTrack { key } => {
-                self.sinks.remove(&key);
+                let had = self.sinks.remove(&key).is_some();
                 self.forwarder.remove_down_track(key);
+                if had && self.sinks.is_empty() {
+                    if let Some(origin) = origin {
+                        origin.demand(false);
+                    }
+                }
             }
             UpTrackCommand::SetPaused { key, paused } => self.forwarder.set_paused(key, paused),
             UpTrackCommand::KeyframeRequest { from } => {
@@ -190,16 +252,22 @@ impl Loop {
         }
     }
 
-    async fn request_keyframe_if_due(&mut self, remote: &dyn TrackRemote, media_ssrc: u32) {
+    async fn request_keyframe_if_due(&mut self, source: &Source) {
         if !self.forwarder.poll_keyframe_request(Instant::now()) {
             return;
         }
-        let pli = PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc,
-        };
-        // A failed write means the publisher is going away; the poll loop sees it next.
-        let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
+        match source {
+            Source::Peer { remote, media_ssrc } => {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: *media_ssrc,
+                };
+                // A failed write means the publisher is going away; the poll loop
+                // sees it next.
+                let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
+            }
+            Source::Cascade { origin, .. } => origin.keyframe(),
+        }
     }
 }
 

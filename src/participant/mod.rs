@@ -12,7 +12,7 @@
 
 mod negotiation;
 pub mod peer;
-mod publications;
+pub(crate) mod publications;
 pub mod socket;
 mod subscriptions;
 
@@ -47,6 +47,8 @@ pub struct NodeContext {
     pub node_id: String,
     pub registry: Addr<RoomRegistry>,
     pub placement: Arc<dyn Placement>,
+    /// Links to other nodes, in a cluster.
+    pub cascade: Option<Arc<crate::cascade::Cascade>>,
     pub peers: PeerFactory,
     pub limits: Limits,
 }
@@ -470,8 +472,8 @@ async fn enter(
     events: Recipient<RoomEvent>,
 ) -> Result<Entered, Refusal> {
     for _ in 0..ENTER_ATTEMPTS {
-        let epoch = match node.placement.admit(name, hints).await {
-            Ok(Admission::Here { epoch }) => epoch,
+        let (epoch, owner) = match node.placement.admit(name, hints).await {
+            Ok(Admission::Here { epoch, owner }) => (epoch, owner),
             Ok(Admission::Redirect { node, url, epoch }) => {
                 return Ok(Entered::Elsewhere { url, node, epoch })
             }
@@ -480,6 +482,7 @@ async fn enter(
         let open = OpenRoom {
             name: name.clone(),
             epoch,
+            owner,
         };
         let room = match node.registry.send(open).await {
             Ok(Ok(room)) => room,

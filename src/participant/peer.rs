@@ -214,7 +214,7 @@ fn codec(
     }
 }
 
-fn video_feedback() -> Vec<RTCPFeedback> {
+pub(crate) fn video_feedback() -> Vec<RTCPFeedback> {
     [
         ("nack", ""),
         ("nack", "pli"),

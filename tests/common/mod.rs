@@ -24,6 +24,7 @@ use rtc::rtp::packet::Packet;
 
 pub const API_KEY: &str = "testkey";
 pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123";
+pub const CASCADE_SECRET: &str = "cascade-secret-for-tests-0123456789abcdef";
 
 pub struct Node {
     child: Child,
@@ -181,7 +182,8 @@ impl Node {
     pub fn start_clustered(etcd: &str, id: &str, region: &str, extra: &str) -> Node {
         let config = format!(
             "[node]\nid = \"{id}\"\nregion = \"{region}\"\n\
-             [cluster]\netcd_endpoints = [\"{etcd}\"]\n{extra}"
+             [cluster]\netcd_endpoints = [\"{etcd}\"]\ncascade_listen = \"127.0.0.1:0\"\n\
+             cascade_secret = \"{CASCADE_SECRET}\"\n{extra}"
         );
         Self::start_with(&config)
     }
