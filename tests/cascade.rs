@@ -128,7 +128,7 @@ async fn warm_up(track: &LocalTrack, clients: &mut [Client]) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     for client in clients.iter_mut() {
         while client
-            .next_event(tokio::time::Instant::now().into())
+            .next_event(tokio::time::Instant::now())
             .await
             .is_some()
         {}
