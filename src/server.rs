@@ -18,6 +18,7 @@ use tracing::info;
 use crate::auth::{self, AuthError, Grants, TokenRequest, Verifier};
 use crate::config::Config;
 use crate::ids::RoomName;
+use crate::metrics::{self, JoinResult, Metrics, NodeState};
 use crate::participant::peer::PeerFactory;
 use crate::participant::socket::{self, ReaderLimits};
 use crate::participant::{NodeContext, Participant};
@@ -42,7 +43,12 @@ const HARD_FRAME_FACTOR: usize = 16;
 /// On a signal the node stops taking joins, tells every participant it is shutting
 /// down (`leave` with `server_shutdown`), and then stops the HTTP server.
 pub async fn run(config: Config) -> std::io::Result<()> {
+    let metrics_listen = config.metrics.listen;
     let (server, addr, state) = start(config)?;
+    let (metrics_server, metrics_addr) = metrics::http::start(metrics_listen, state.node.clone())?;
+    info!(addr = %metrics_addr, "metrics are served");
+    let metrics_handle = metrics_server.handle();
+    actix_web::rt::spawn(metrics_server);
     info!(%addr, node = %state.node.node_id, "relais is serving");
     let handle = server.handle();
     let shutdown_state = state.clone();
@@ -50,11 +56,16 @@ pub async fn run(config: Config) -> std::io::Result<()> {
         wait_for_signal().await;
         info!("shutting down");
         shutdown_state.ready.store(false, Ordering::SeqCst);
+        shutdown_state
+            .node
+            .metrics
+            .set_node_state(NodeState::Draining);
         let close = CloseAll {
             reason: LeaveReason::ServerShutdown,
         };
         let _ = shutdown_state.node.registry.send(close).await;
         handle.stop(true).await;
+        metrics_handle.stop(true).await;
     });
     server.await
 }
@@ -85,11 +96,13 @@ pub fn start(
         rate_per_sec: config.signaling.rate_per_sec,
         rate_burst: config.signaling.rate_burst,
     };
+    let metrics = Arc::new(Metrics::new(&config.node.id, &config.node.region));
     let node = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
         registry,
-        peers: PeerFactory::new(config.media.clone()),
+        peers: PeerFactory::new(config.media.clone(), metrics.clone()),
         limits,
+        metrics,
     });
     let state = web::Data::new(AppState {
         verifier: Verifier::new(&config.auth.keys),
@@ -134,7 +147,9 @@ async fn rtc(
     query: web::Query<RtcQuery>,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
+    let refused = |result| state.node.metrics.join(result);
     if !state.ready.load(Ordering::SeqCst) {
+        refused(JoinResult::NotReady);
         return Ok(HttpResponse::ServiceUnavailable()
             .json(json!({"error": "not_ready", "message": "the node is not taking joins"})));
     }
@@ -145,17 +160,22 @@ async fn rtc(
         .or_else(|| bearer(&req));
     let room = match query.room.as_deref().map(RoomName::parse) {
         Some(Ok(room)) => room,
-        Some(Err(e)) => return Ok(bad_request("bad_room_name", &e.to_string())),
+        Some(Err(e)) => {
+            refused(JoinResult::BadRequest);
+            return Ok(bad_request("bad_room_name", &e.to_string()));
+        }
         None => {
-            return Ok(bad_request(
-                "missing_room",
-                "the `room` query parameter is required",
-            ))
+            refused(JoinResult::BadRequest);
+            let message = "the `room` query parameter is required";
+            return Ok(bad_request("missing_room", message));
         }
     };
     let claims = match verify(&state, token.as_deref(), &room) {
         Ok(claims) => claims,
-        Err(e) => return Ok(unauthorized(&e)),
+        Err(e) => {
+            refused(JoinResult::Unauthorized);
+            return Ok(unauthorized(&e));
+        }
     };
 
     let (response, session, stream) = actix_ws::handle(&req, body)?;

@@ -22,13 +22,24 @@ use tokio::time::sleep_until;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::ids::TrackId;
+use crate::media::codec::MediaKind;
 use crate::media::forwarder::{DownTrackKey, Forwarder, ForwarderConfig};
+use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters, Task, DELAY_SAMPLE_EVERY};
 
 /// Packets a down-track may have queued before new ones are dropped for it.
 pub const DOWN_TRACK_QUEUE: usize = 512;
 
 /// Where the forwarder's output for one down-track goes.
-pub type DownTrackSink = mpsc::Sender<Packet>;
+pub type DownTrackSink = mpsc::Sender<Outgoing>;
+
+/// A rewritten packet on its way to one subscriber.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub packet: Packet,
+    /// When the publisher's packet arrived, on a sample of packets, so that the down-track
+    /// can measure the forwarding delay.
+    pub arrived: Option<Instant>,
+}
 
 /// Commands to an up-track task.
 #[derive(Debug)]
@@ -66,6 +77,7 @@ pub struct UpTrackHandle {
     pub track_id: TrackId,
     /// The publisher's codec, which every down-track negotiates in turn.
     pub codec: RTCRtpCodec,
+    pub kind: MediaKind,
     commands: mpsc::UnboundedSender<UpTrackCommand>,
     pub counters: Arc<UpTrackCounters>,
 }
@@ -88,6 +100,7 @@ pub struct UpTrack {
     pub media_ssrc: u32,
     pub codec: RTCRtpCodec,
     pub config: ForwarderConfig,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the task on the current runtime. `on_end` runs once when it stops.
@@ -97,11 +110,17 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
     let handle = UpTrackHandle {
         track_id: up.track_id.clone(),
         codec: up.codec.clone(),
+        kind: up.config.kind,
         commands: tx,
         counters: counters.clone(),
     };
     tokio::spawn(async move {
         let track_id = up.track_id.clone();
+        let kind = Kind::from(up.config.kind);
+        let _gauges = (
+            up.metrics.task(Task::UpTrack),
+            up.metrics.track(kind, Direction::In),
+        );
         run(up, rx, counters).await;
         on_end(track_id);
     });
@@ -113,6 +132,9 @@ struct Loop {
     sinks: HashMap<DownTrackKey, DownTrackSink>,
     out: Vec<(DownTrackKey, Packet)>,
     counters: Arc<UpTrackCounters>,
+    /// Packets and bytes received from the publisher.
+    received: RtpCounters,
+    queue_drops: prometheus::IntCounter,
 }
 
 async fn run(
@@ -120,11 +142,14 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<UpTrackCommand>,
     counters: Arc<UpTrackCounters>,
 ) {
+    let kind = Kind::from(up.config.kind);
     let mut state = Loop {
         forwarder: Forwarder::new(up.config),
         sinks: HashMap::new(),
         out: Vec::new(),
         counters,
+        received: up.metrics.rtp_counters(Direction::In, kind, Path::Client),
+        queue_drops: up.metrics.queue_drops(kind),
     };
     loop {
         let wake = state.forwarder.poll_timeout();
@@ -155,13 +180,22 @@ impl Loop {
         packet.header.extensions.clear();
         self.out.clear();
         self.forwarder.handle_rtp(now, &packet, &mut self.out);
+        self.received.record(now, packet.payload.len());
 
+        // The forwarder has counted this packet in: its count picks the delay samples.
+        let sampled = self.forwarder.stats().packets_in % DELAY_SAMPLE_EVERY == 0;
+        let arrived = sampled.then_some(now);
         for (key, copy) in self.out.drain(..) {
             let Some(sink) = self.sinks.get(&key) else {
                 continue;
             };
-            if sink.try_send(copy).is_err() {
+            let outgoing = Outgoing {
+                packet: copy,
+                arrived,
+            };
+            if sink.try_send(outgoing).is_err() {
                 self.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                self.queue_drops.inc();
             }
         }
     }

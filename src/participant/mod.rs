@@ -27,6 +27,7 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use crate::auth::Claims;
 use crate::ids::{ParticipantId, RoomName};
 use crate::media::uptrack::UpTrackHandle;
+use crate::metrics::{GaugeGuard, JoinResult, Metrics};
 use crate::participant::peer::{PeerEvent, PeerFactory};
 use crate::participant::socket::{Inbound, Outbox};
 use crate::room::messages::{Join, JoinRefused, Leave, OpenRoom, RoomEvent};
@@ -47,6 +48,8 @@ pub struct NodeContext {
     pub registry: Addr<RoomRegistry>,
     pub peers: PeerFactory,
     pub limits: Limits,
+    /// Where everything on the node records its metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Participant {
@@ -70,6 +73,10 @@ pub struct Participant {
     /// DTLS is up: packets written now reach the client instead of being refused.
     media_connected: bool,
     left: bool,
+    /// When the client asked to join, until the attempt's outcome is counted.
+    join_started: Option<std::time::Instant>,
+    /// Counts this participant on the node while the room has it.
+    _presence: Option<GaugeGuard>,
 }
 
 impl Participant {
@@ -95,6 +102,19 @@ impl Participant {
             subscriptions: HashMap::new(),
             media_connected: false,
             left: false,
+            join_started: None,
+            _presence: None,
+        }
+    }
+
+    /// Counts the outcome of the join attempt, once.
+    fn join_ended(&mut self, result: JoinResult) {
+        let Some(started) = self.join_started.take() else {
+            return;
+        };
+        match result {
+            JoinResult::Success => self.node.metrics.join_connected(started.elapsed()),
+            other => self.node.metrics.join(other),
         }
     }
 
@@ -151,6 +171,7 @@ impl Participant {
             return self.send_error(ErrorCode::AlreadyJoined, "already joined", "join");
         }
         self.auto_subscribe = auto_subscribe;
+        self.join_started = Some(std::time::Instant::now());
         let registry = self.node.registry.clone();
         let name = self.room_name.clone();
         let info = self.info();
@@ -173,11 +194,13 @@ impl Participant {
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok((room, Ok(accepted))) => act.joined(room, accepted, ctx),
             Ok((_, Err(JoinRefused::Full))) => {
+                act.join_ended(JoinResult::RoomFull);
                 act.send_error(ErrorCode::RoomFull, "the room is full", "join");
                 act.close_socket(LeaveReason::RoomFull);
                 ctx.stop();
             }
             Ok((_, Err(JoinRefused::Closed))) | Err(_) => {
+                act.join_ended(JoinResult::Error);
                 act.send_error(ErrorCode::Internal, "the room could not be joined", "join");
                 ctx.stop();
             }
@@ -193,6 +216,7 @@ impl Participant {
         info!(room = %self.room_name, participant = %self.id, identity = %self.claims.sub,
             "participant joined");
         self.room = Some(room);
+        self._presence = Some(self.node.metrics.participant());
         self.send(ServerMessage::Joined {
             protocol: PROTOCOL_VERSION,
             room: self.room_name.to_string(),
@@ -223,6 +247,7 @@ impl Participant {
             }
             Err(e) => {
                 warn!(participant = %act.id, error = %e, "peer connection could not be built");
+                act.join_ended(JoinResult::Error);
                 act.send_error(
                     ErrorCode::Internal,
                     "media is unavailable on this node",
@@ -333,6 +358,7 @@ impl Participant {
         debug!(participant = %self.id, %state, "peer connection state");
         if state == RTCPeerConnectionState::Connected {
             self.media_connected = true;
+            self.join_ended(JoinResult::Success);
             self.activate_subscriptions(ctx);
         }
         if matches!(
@@ -365,6 +391,8 @@ impl Actor for Participant {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Still pending: the session ended between the join request and media.
+        self.join_ended(JoinResult::Abandoned);
         for subscription in self.subscriptions.values() {
             subscription.stop();
         }

@@ -140,6 +140,7 @@ impl Participant {
             media_ssrc: facts.ssrc,
             codec: facts.codec.clone(),
             config: forwarder_config(facts.kind, &facts.codec.mime_type),
+            metrics: self.node.metrics.clone(),
         };
         let handle = uptrack::spawn(up, move |track_id| me.do_send(UpTrackEnded { track_id }));
         self.published.insert(

@@ -26,6 +26,8 @@ pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123";
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
+    /// The metrics listener's address.
+    pub metrics_addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -40,6 +42,7 @@ impl Node {
         let path = dir.path().join("relais.toml");
         let config = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ip = \"127.0.0.1\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\
              [auth.keys]\n{API_KEY} = \"{SECRET}\"\n[log]\nlevel = \"info\"\n{extra}"
         );
         std::fs::write(&path, config).expect("write config");
@@ -53,14 +56,15 @@ impl Node {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start relais");
-        let addr = read_address(child.stdout.take().expect("stdout"));
-        let Some(addr) = addr else {
+        let addrs = read_addresses(child.stdout.take().expect("stdout"));
+        let Some((addr, metrics_addr)) = addrs else {
             let _ = child.kill();
-            panic!("relais did not report its address");
+            panic!("relais did not report its addresses");
         };
         Node {
             child,
             addr,
+            metrics_addr,
             _dir: dir,
         }
     }
@@ -143,25 +147,37 @@ impl Node {
 
     /// A plain HTTP request without a body; returns status code and body.
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: relais\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-        (status, body)
+        http_request(self.addr, method, path)
     }
+
+    /// The node's metrics in the Prometheus text format.
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_request(self.metrics_addr, "GET", "/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+}
+
+/// A plain HTTP/1.1 request without a body to `addr`; returns status code and body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relais\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
 }
 
 impl Node {
@@ -189,14 +205,18 @@ impl Drop for Node {
 }
 
 /// Reads the log until the serving line, then keeps draining it in the background.
-fn read_address(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
+/// Returns the HTTP and the metrics addresses; the metrics line comes first.
+fn read_addresses(stdout: std::process::ChildStdout) -> Option<(SocketAddr, SocketAddr)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut sent = false;
+        let (mut sent, mut metrics) = (false, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if !sent {
-                if let Some(addr) = parse_addr(&line) {
-                    let _ = tx.send(addr);
+                metrics = metrics.or_else(|| parse_addr(&line, "metrics are served"));
+                if let (Some(addr), Some(metrics)) =
+                    (parse_addr(&line, "relais is serving"), metrics)
+                {
+                    let _ = tx.send((addr, metrics));
                     sent = true;
                 }
             }
@@ -208,8 +228,8 @@ fn read_address(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
     rx.recv_timeout(Duration::from_secs(30)).ok()
 }
 
-fn parse_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split("relais is serving").nth(1)?;
+fn parse_addr(line: &str, message: &str) -> Option<SocketAddr> {
+    let rest = line.split(message).nth(1)?;
     let field = rest
         .split_whitespace()
         .find_map(|f| f.strip_prefix("addr="))?;
