@@ -233,3 +233,43 @@ fn every_alert_has_severity_summary_description_and_a_unit_test() {
         assert_eq!(rules.matches(key).count(), alerts.len(), "{key} per alert");
     }
 }
+
+#[test]
+fn every_panel_has_a_unit_and_rates_use_the_rate_interval() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    for name in ["overview", "media", "cluster", "resources"] {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).expect("dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let variables: Vec<&str> = dashboard["templating"]["list"]
+            .as_array()
+            .expect("variables")
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        assert_eq!(
+            variables,
+            ["datasource", "job", "region", "instance"],
+            "{name}"
+        );
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            let title = &panel["title"];
+            let unit = panel["fieldConfig"]["defaults"]["unit"].as_str();
+            assert!(
+                unit.is_some_and(|u| !u.is_empty()),
+                "{name}/{title} has no unit"
+            );
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{name}/{title}"
+            );
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for range in expr.split('[').skip(1) {
+                    let range = range.split(']').next().unwrap_or_default();
+                    assert_eq!(range, "$__rate_interval", "{name}/{title}: {expr}");
+                }
+                assert!(expr.contains("instance=~\"$instance\""), "{name}/{title}");
+            }
+        }
+    }
+}
