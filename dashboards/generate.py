@@ -51,8 +51,9 @@ OVERVIEW = [
     stat("Participants", "none", gauge("relais_participants"), "Sessions on the nodes."),
     stat("Join success ratio", "percentunit",
          rate("relais_joins_total", 'result="success"') + " / "
-         + rate("relais_joins_total", 'result!~"unauthorized|bad_request"'),
-         "Joins that reached connected media, of those not refused for a bad token or request."),
+         + rate("relais_joins_total", 'result!~"redirected|unauthorized|bad_request"'),
+         "Joins that reached connected media, of those neither redirected nor refused "
+         "for a bad token or request."),
     stat("Join latency p95", "s", quantile(0.95, "relais_join_duration_seconds"),
          "95th percentile from join request to connected media."),
     ts("Participants per node", "none",

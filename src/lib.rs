@@ -7,8 +7,10 @@
 //! Prometheus. `client` is a Rust client of the
 //! documented protocol, used by the tests and the load generator.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod ids;
 pub mod load;

@@ -61,8 +61,13 @@ label_enum! {
         BadRequest => "bad_request",
         /// The node was not taking joins (starting or draining).
         NotReady => "not_ready",
+        /// The room lives on another node: the client was sent there.
+        Redirected => "redirected",
         /// The room had no free seat.
         RoomFull => "room_full",
+        /// The cluster could not place the room (etcd unreachable, node fenced, no node
+        /// available, or a stale epoch).
+        Unplaced => "unplaced",
         /// The session ended after the room accepted it but before media connected.
         Abandoned => "abandoned",
         /// The node failed: the room could not be reached or no peer connection was built.
