@@ -134,7 +134,8 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new(&config.node.id, &config.node.region));
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let placement = cluster::start(&config, advertise_url(&config, addr), events_tx)
+    let url = advertise_url(&config, addr);
+    let placement = cluster::start(&config, url, events_tx, metrics.clone())
         .await
         .map_err(std::io::Error::other)?;
     let registry = RoomRegistry::new(

@@ -32,10 +32,13 @@ pub fn start(listen: SocketAddr, node: Arc<NodeContext>) -> std::io::Result<(Ser
 }
 
 async fn metrics(node: web::Data<NodeContext>) -> HttpResponse {
-    // The embedded placement owns every room it has; its registry knows how many.
+    // A room actor lives here only while this node owns the room.
     if let Ok(stats) = node.registry.send(GetRegistryStats).await {
         node.metrics.set_rooms(RoomRole::Owner, stats.rooms);
     }
+    let placement = &node.placement;
+    node.metrics
+        .sync_placement(placement.status().state, placement.counters());
     HttpResponse::Ok()
         .content_type(TEXT_FORMAT)
         .body(node.metrics.encode())

@@ -144,26 +144,22 @@ label_enum! {
 label_enum! {
     /// `reason` of `relais_room_ownership_changes_total`, seen from this node.
     OwnershipChange {
-        /// This node claimed a room nobody owned.
-        Claimed => "claimed",
+        /// This node took a room: created its owner key, or reclaimed it after a lost lease.
+        Acquired => "acquired",
         /// This node gave a room up (it closed, or the node drains).
         Released => "released",
-        /// This node took over a room whose owner's lease ended.
-        TakenOver => "taken_over",
-        /// This node lost a room it owned (its lease ended or another node won it).
+        /// This node lost a room it owned: another node owns it now.
         Lost => "lost",
     }
 }
 
 label_enum! {
-    /// `kind` of `relais_fencing_rejections_total`: what was refused for a stale epoch.
+    /// `kind` of `relais_fencing_rejections_total`: what was refused, and why.
     Fencing {
-        /// A write to etcd whose epoch was no longer current.
-        EtcdWrite => "etcd_write",
-        /// A cascade or signaling message from a node with an outdated epoch.
-        PeerMessage => "peer_message",
-        /// A join routed to this node for a room it no longer owns.
-        Join => "join",
+        /// A request, message or etcd write carrying an epoch older than the room's.
+        StaleEpoch => "stale_epoch",
+        /// A join refused because this node is fenced (it cannot renew its lease).
+        FencedNode => "fenced_node",
     }
 }
 

@@ -64,6 +64,7 @@
 //!
 //! [`NodeContext`]: crate::participant::NodeContext
 
+mod cluster;
 mod guards;
 pub mod http;
 pub mod labels;
@@ -77,6 +78,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+pub use cluster::EtcdRequest;
 pub use guards::{GaugeGuard, RtpCounters, DELAY_SAMPLE_EVERY};
 pub use labels::*;
 
@@ -433,16 +435,20 @@ impl Metrics {
 
     /// Counts a change of ownership of one room.
     pub fn ownership_change(&self, reason: OwnershipChange) {
-        self.ownership_changes
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        self.ownership_counter(reason).inc();
     }
 
-    /// Counts an operation refused for a stale epoch.
+    fn ownership_counter(&self, reason: OwnershipChange) -> IntCounter {
+        self.ownership_changes.with_label_values(&[reason.as_str()])
+    }
+
+    /// Counts an operation refused by fencing.
     pub fn fencing_rejection(&self, kind: Fencing) {
-        self.fencing_rejections
-            .with_label_values(&[kind.as_str()])
-            .inc();
+        self.fencing_counter(kind).inc();
+    }
+
+    fn fencing_counter(&self, kind: Fencing) -> IntCounter {
+        self.fencing_rejections.with_label_values(&[kind.as_str()])
     }
 
     /// Records one reception report about a stream going `direction`.

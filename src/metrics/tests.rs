@@ -29,8 +29,8 @@ fn every_family_is_exported_before_anything_happens() {
         "relais_cascade_reconnects_total",
         "relais_etcd_request_duration_seconds_count{operation=\"txn\"}",
         "relais_etcd_lease_keepalive_failures_total",
-        "relais_room_ownership_changes_total{reason=\"taken_over\"}",
-        "relais_fencing_rejections_total{kind=\"etcd_write\"}",
+        "relais_room_ownership_changes_total{reason=\"acquired\"}",
+        "relais_fencing_rejections_total{kind=\"stale_epoch\"}",
         "relais_tasks{task=\"up_track\"}",
         "relais_participants",
         "relais_join_duration_seconds_count",
@@ -119,7 +119,7 @@ fn cluster_events_are_counted() {
     metrics.etcd_request(EtcdOperation::Put, Duration::from_millis(4));
     metrics.keepalive_failure();
     metrics.ownership_change(OwnershipChange::Lost);
-    metrics.fencing_rejection(Fencing::Join);
+    metrics.fencing_rejection(Fencing::FencedNode);
     metrics.set_rooms(RoomRole::Shard, 3);
     metrics.set_cascade_links(LinkState::Down, 2);
     metrics.cascade_reconnect();
@@ -131,7 +131,7 @@ fn cluster_events_are_counted() {
         ),
         ("relais_etcd_lease_keepalive_failures_total", 1.0),
         ("relais_room_ownership_changes_total{reason=\"lost\"}", 1.0),
-        ("relais_fencing_rejections_total{kind=\"join\"}", 1.0),
+        ("relais_fencing_rejections_total{kind=\"fenced_node\"}", 1.0),
         ("relais_rooms{role=\"shard\"}", 3.0),
         ("relais_cascade_links{state=\"down\"}", 2.0),
         ("relais_cascade_reconnects_total", 1.0),
@@ -216,4 +216,29 @@ fn reports_become_loss_deltas_and_jitter_in_seconds() {
     assert!(state
         .handle_report(Direction::Out, &block(7, 9, 0), 0)
         .is_none());
+}
+
+#[test]
+fn placement_counters_are_carried_over_once() {
+    use std::sync::atomic::Ordering;
+
+    let metrics = Metrics::new("n", "r");
+    let counters = crate::cluster::ClusterCounters::default();
+    counters.stale_epoch.store(3, Ordering::Relaxed);
+    counters.rooms_lost.store(2, Ordering::Relaxed);
+    counters.keepalive_failures.store(1, Ordering::Relaxed);
+    metrics.sync_placement(crate::cluster::NodeState::Fenced, &counters);
+    metrics.sync_placement(crate::cluster::NodeState::Fenced, &counters);
+    counters.rooms_lost.store(5, Ordering::Relaxed);
+    metrics.sync_placement(crate::cluster::NodeState::Fenced, &counters);
+    let scrape = metrics.encode();
+    let expect = [
+        ("relais_fencing_rejections_total{kind=\"stale_epoch\"}", 3.0),
+        ("relais_room_ownership_changes_total{reason=\"lost\"}", 5.0),
+        ("relais_etcd_lease_keepalive_failures_total", 1.0),
+        ("relais_node_state{state=\"fenced\"}", 1.0),
+    ];
+    for (series, want) in expect {
+        assert_eq!(value(&scrape, series), Some(want), "{series}");
+    }
 }

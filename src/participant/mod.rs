@@ -28,7 +28,7 @@ use crate::auth::Claims;
 use crate::cluster::{Admission, Epoch, JoinHints, Placement, PlacementError};
 use crate::ids::{ParticipantId, RoomName};
 use crate::media::uptrack::UpTrackHandle;
-use crate::metrics::{Fencing, GaugeGuard, JoinResult, Metrics};
+use crate::metrics::{GaugeGuard, JoinResult, Metrics};
 use crate::participant::peer::{PeerEvent, PeerFactory};
 use crate::participant::socket::{Inbound, Outbox};
 use crate::room::messages::{Join, JoinRefused, Leave, OpenRefused, OpenRoom, RoomEvent};
@@ -204,9 +204,6 @@ impl Participant {
             Refusal::Placement(_) => JoinResult::Unplaced,
             Refusal::Internal => JoinResult::Error,
         });
-        if let Refusal::Placement(PlacementError::StaleEpoch { .. }) = &refusal {
-            self.node.metrics.fencing_rejection(Fencing::Join);
-        }
         let (code, message) = match refusal {
             Refusal::Full => (ErrorCode::RoomFull, "the room is full".to_owned()),
             Refusal::Placement(e) => {
