@@ -76,9 +76,13 @@ type Started = (
     Arc<AtomicU64>,
 );
 
-pub(super) async fn start(options: ClientOptions) -> Result<Started, ClientError> {
+/// Connects to `options.url`; `extra_query` (starting with `&`) is appended as is.
+pub(super) async fn start(
+    options: &ClientOptions,
+    extra_query: &str,
+) -> Result<Started, ClientError> {
     let url = format!(
-        "{}/rtc?room={}&access_token={}",
+        "{}/rtc?room={}&access_token={}{extra_query}",
         options.url.trim_end_matches('/'),
         percent_encode(&options.room),
         percent_encode(&options.token)
@@ -100,7 +104,7 @@ pub(super) async fn start(options: ClientOptions) -> Result<Started, ClientError
     };
 
     let (peer_tx, peer_rx) = mpsc::unbounded_channel();
-    let (pc, dropped) = build_peer(&options, peer_tx).await?;
+    let (pc, dropped) = build_peer(options, peer_tx).await?;
     let (command_tx, command_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {

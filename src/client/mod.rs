@@ -9,6 +9,7 @@
 mod driver;
 pub mod lossy;
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +22,11 @@ use webrtc::media_stream::track_local::TrackLocal;
 
 use crate::ids::TrackId;
 use crate::signal::protocol::{ClientMessage, ServerMessage, TrackKind, TrackSource};
+
+/// Redirects followed before `connect` gives up.
+pub const MAX_REDIRECTS: usize = 4;
+/// How long `connect` waits for the answer to `join` before handing the client over.
+const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// How to reach and join a node.
 #[derive(Debug, Clone)]
@@ -117,6 +123,8 @@ pub struct Client {
     events: mpsc::UnboundedReceiver<ClientEvent>,
     /// Incoming RTP packets dropped by fault injection.
     dropped: Arc<AtomicU64>,
+    /// Events read while `connect` waited for the answer to `join`.
+    pending: VecDeque<ClientEvent>,
 }
 
 /// A track this client publishes.
@@ -155,13 +163,54 @@ impl LocalTrack {
 
 impl Client {
     /// Opens the socket (the token is checked before upgrade) and sends `join`.
+    ///
+    /// A `redirect` before `joined` is followed: the client reconnects to the
+    /// node named, up to [`MAX_REDIRECTS`] times. Events seen while waiting for
+    /// the answer to `join` stay queued for [`next_event`](Self::next_event).
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
-        let (commands, events, dropped) = driver::start(options).await?;
-        Ok(Client {
-            commands,
-            events,
-            dropped,
-        })
+        let mut options = options;
+        let mut extra = String::new();
+        for _ in 0..=MAX_REDIRECTS {
+            let (commands, events, dropped) = driver::start(&options, &extra).await?;
+            let mut client = Client {
+                commands,
+                events,
+                dropped,
+                pending: VecDeque::new(),
+            };
+            match client.await_join_answer().await {
+                Some((url, epoch)) => {
+                    client.close();
+                    options.url = url;
+                    extra = match epoch {
+                        Some(epoch) => format!("&redirected=1&epoch={epoch}"),
+                        None => "&redirected=1".to_owned(),
+                    };
+                }
+                None => return Ok(client),
+            }
+        }
+        Err(ClientError::Connect("too many redirects".to_owned()))
+    }
+
+    /// Queues events until the server answers `join`; returns a redirect, if any.
+    async fn await_join_answer(&mut self) -> Option<(String, Option<i64>)> {
+        let deadline = Instant::now() + JOIN_ANSWER_WAIT;
+        while let Some(event) = timeout_at(deadline, self.events.recv()).await.ok().flatten() {
+            match event {
+                ClientEvent::Server(ServerMessage::Redirect { url, epoch, .. }) => {
+                    return Some((url, epoch))
+                }
+                answer @ (ClientEvent::Server(ServerMessage::Joined { .. })
+                | ClientEvent::Server(ServerMessage::Error(_))
+                | ClientEvent::Closed) => {
+                    self.pending.push_back(answer);
+                    return None;
+                }
+                other => self.pending.push_back(other),
+            }
+        }
+        None
     }
 
     pub fn send(&self, message: ClientMessage) -> Result<(), ClientError> {
@@ -213,6 +262,9 @@ impl Client {
 
     /// The next event, or `None` at the deadline or once the client has stopped.
     pub async fn next_event(&mut self, deadline: Instant) -> Option<ClientEvent> {
+        if let Some(event) = self.pending.pop_front() {
+            return Some(event);
+        }
         timeout_at(deadline, self.events.recv())
             .await
             .ok()
