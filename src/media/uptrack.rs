@@ -183,7 +183,11 @@ impl Loop {
         self.received.record(now, packet.payload.len());
 
         // The forwarder has counted this packet in: its count picks the delay samples.
-        let sampled = self.forwarder.stats().packets_in % DELAY_SAMPLE_EVERY == 0;
+        let sampled = self
+            .forwarder
+            .stats()
+            .packets_in
+            .is_multiple_of(DELAY_SAMPLE_EVERY);
         let arrived = sampled.then_some(now);
         for (key, copy) in self.out.drain(..) {
             let Some(sink) = self.sinks.get(&key) else {

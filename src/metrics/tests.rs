@@ -148,7 +148,7 @@ fn ntp(seconds: u64, fraction_of_65536: u64) -> u64 {
 #[test]
 fn round_trip_subtracts_the_receivers_delay() {
     // Sender report at 1000.0 s (middle bits), echoed after a 0.25 s hold, arriving at 1000.5.
-    let lsr = ((1000u32 & 0xFFFF) << 16) as u32;
+    let lsr = (1000u32 & 0xFFFF) << 16;
     let rtt = round_trip(ntp(1000, 32768), lsr, 16384).expect("an echo");
     assert_eq!(rtt, Duration::from_millis(250));
     assert_eq!(
