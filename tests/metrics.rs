@@ -1,8 +1,11 @@
-//! Metrics of running nodes under a little load: every family is exported with sane values,
-//! `promtool` finds no naming problem, and every dashboard query runs against a real
-//! Prometheus scraping the nodes. The alert rules are checked and unit-tested by `promtool`.
+//! Metrics of a two-node cluster (placed through etcd) under a little load: every family is
+//! exported with sane values, `promtool` finds no naming problem, and every dashboard query
+//! runs against a real Prometheus scraping the nodes. The alert rules are checked and
+//! unit-tested by `promtool`.
 
 mod common;
+#[path = "metrics/etcd.rs"]
+mod etcd;
 #[path = "metrics/prom.rs"]
 mod prom;
 
@@ -14,7 +17,8 @@ use relais::client::{Client, ClientEvent, ClientOptions};
 use relais::signal::protocol::{ServerMessage, TrackKind};
 use tokio::time::Instant;
 
-/// A meeting on one node: alice publishes audio and video, bob receives with some loss.
+/// A meeting joined through one node (the placement may send it to the other): alice
+/// publishes audio and video, bob receives with some loss.
 struct Meeting {
     alice: Client,
     bob: Client,
@@ -64,24 +68,39 @@ fn sum(series: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// What a healthy node with one meeting of two must show.
-fn expectations() -> Vec<(&'static str, &'static [&'static str], f64)> {
-    vec![
-        ("relais_build_info", &[], 1.0),
-        ("relais_node_state", &["state=\"serving\""], 1.0),
-        ("relais_rooms", &["role=\"owner\""], 1.0),
-        ("relais_participants", &[], 2.0),
-        ("relais_tracks", &["direction=\"in\""], 2.0),
-        ("relais_tracks", &["direction=\"out\""], 2.0),
-        ("relais_joins_total", &["result=\"success\""], 2.0),
-        ("relais_join_duration_seconds_count", &[], 2.0),
-        ("relais_tasks", &["task=\"up_track\""], 2.0),
-        ("relais_tasks", &["task=\"down_track_writer\""], 2.0),
-    ]
-}
+/// What each healthy node shows, whatever it serves.
+const EVERY_NODE: &[(&str, &[&str], f64)] = &[
+    ("relais_build_info", &[], 1.0),
+    ("relais_node_state", &["state=\"serving\""], 1.0),
+];
 
-/// Families that must have counted something (more than zero) under the load.
+/// What two nodes with two meetings of two show between them.
+const CLUSTER: &[(&str, &[&str], f64)] = &[
+    ("relais_rooms", &["role=\"owner\""], 2.0),
+    ("relais_participants", &[], 4.0),
+    ("relais_tracks", &["direction=\"in\""], 4.0),
+    ("relais_tracks", &["direction=\"out\""], 4.0),
+    ("relais_joins_total", &["result=\"success\""], 4.0),
+    ("relais_join_duration_seconds_count", &[], 4.0),
+    ("relais_tasks", &["task=\"up_track\""], 4.0),
+    ("relais_tasks", &["task=\"down_track_writer\""], 4.0),
+];
+
+/// Families that must have counted something (more than zero) under the load, summed
+/// over the nodes.
 const GROWING: &[(&str, &[&str])] = &[
+    (
+        "relais_etcd_request_duration_seconds_count",
+        &["operation=\"txn\""],
+    ),
+    (
+        "relais_etcd_request_duration_seconds_count",
+        &["operation=\"lease_grant\""],
+    ),
+    (
+        "relais_room_ownership_changes_total",
+        &["reason=\"acquired\""],
+    ),
     (
         "relais_rtp_packets_total",
         &["direction=\"in\"", "kind=\"video\""],
@@ -122,62 +141,96 @@ const PRESENT: &[&str] = &[
     "relais_tasks",
 ];
 
-/// What is still missing from a scrape, empty once it shows everything.
-fn missing(scrape: &str) -> Vec<String> {
-    let series = parse(scrape);
+/// What is still missing from the nodes' scrapes, empty once they show everything.
+fn missing(scrapes: &[String]) -> Vec<String> {
+    let nodes: Vec<_> = scrapes.iter().map(|s| parse(s)).collect();
+    let total = |name: &str, labels: &[&str]| -> f64 {
+        nodes.iter().map(|series| sum(series, name, labels)).sum()
+    };
     let mut missing = Vec::new();
-    for (name, labels, want) in expectations() {
-        let got = sum(&series, name, labels);
-        if got != want {
+    for (i, series) in nodes.iter().enumerate() {
+        for (name, labels, want) in EVERY_NODE {
+            let got = sum(series, name, labels);
+            if got != *want {
+                missing.push(format!("node {i}: {name}{labels:?} = {got}, want {want}"));
+            }
+        }
+        for name in PRESENT {
+            if !series.keys().any(|k| k.split('{').next() == Some(name)) {
+                missing.push(format!("node {i}: {name} is absent"));
+            }
+        }
+    }
+    for (name, labels, want) in CLUSTER {
+        let got = total(name, labels);
+        if got != *want {
             missing.push(format!("{name}{labels:?} = {got}, want {want}"));
         }
     }
     for (name, labels) in GROWING {
-        if sum(&series, name, labels) <= 0.0 {
+        if total(name, labels) <= 0.0 {
             missing.push(format!("{name}{labels:?} is still 0"));
-        }
-    }
-    for name in PRESENT {
-        if !series.keys().any(|k| k.split('{').next() == Some(name)) {
-            missing.push(format!("{name} is absent"));
         }
     }
     missing
 }
 
-/// Scrapes until the node shows everything, or fails with what is missing.
-async fn await_full_scrape(node: &Node, within: Duration) -> String {
+/// Scrapes until the nodes show everything, or fails with what is missing.
+async fn await_full_scrapes(nodes: &[Node], within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
     loop {
-        let scrape = node.scrape();
-        let gaps = missing(&scrape);
+        let scrapes: Vec<String> = nodes.iter().map(Node::scrape).collect();
+        let gaps = missing(&scrapes);
         if gaps.is_empty() {
-            return scrape;
+            return scrapes;
         }
         if Instant::now() > deadline {
-            panic!("the scrape never showed: {gaps:#?}\n{scrape}");
+            panic!(
+                "the scrapes never showed: {gaps:#?}\n{}",
+                scrapes.join("\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
+/// Waits until the node has joined the cluster and takes joins.
+async fn await_ready(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.http_get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "the node never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_under_load_export_every_family_and_dashboards_find_data() {
-    let nodes = [Node::start(), Node::start()];
+    let etcd = etcd::Etcd::start();
+    let cluster = |region: &str| {
+        format!(
+            "[node]\nregion = \"{region}\"\n[cluster]\netcd_endpoints = [\"{}\"]\n",
+            etcd.endpoint
+        )
+    };
+    let nodes = [
+        Node::start_with(&cluster("eu-west")),
+        Node::start_with(&cluster("us-east")),
+    ];
+    for node in &nodes {
+        await_ready(node).await;
+    }
     let mut meetings = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         meetings.push(meeting(node, &format!("metrics-{i}")).await);
     }
 
-    let mut scrapes = Vec::new();
-    for node in &nodes {
-        let scrape = await_full_scrape(node, Duration::from_secs(30)).await;
+    let scrapes = await_full_scrapes(&nodes, Duration::from_secs(30)).await;
+    for scrape in &scrapes {
         assert!(
             !scrape.contains("room=") && !scrape.contains("participant="),
             "a label names a room or participant"
         );
-        prom::promtool_check_metrics(&scrape);
-        scrapes.push(scrape);
+        prom::promtool_check_metrics(scrape);
     }
     let names: BTreeSet<String> = scrapes.iter().flat_map(|s| prom::series_names(s)).collect();
 
