@@ -21,7 +21,7 @@ use crate::cluster::{self, JoinHints, NodeLoad, Placement};
 use crate::config::Config;
 use crate::ids::RoomName;
 use crate::load::procfs;
-use crate::metrics::{self, JoinResult, Metrics, NodeState};
+use crate::metrics::{self, JoinResult, Metrics};
 use crate::participant::peer::PeerFactory;
 use crate::participant::socket::{self, ReaderLimits};
 use crate::participant::{NodeContext, Participant};
@@ -70,7 +70,6 @@ async fn drain(state: &AppState) {
     let node = &state.node;
     let clustered = !state.config.cluster.etcd_endpoints.is_empty();
     info!(clustered, "draining");
-    node.metrics.set_node_state(NodeState::Draining);
     node.placement.drain().await;
     let reason = if clustered {
         LeaveReason::Migrate
@@ -205,7 +204,7 @@ async fn report_load(registry: Addr<RoomRegistry>, placement: Arc<dyn Placement>
         };
         let now = tokio::time::Instant::now();
         let sample = procfs::sample(pid).ok();
-        let cpu_ratio = match (last.take(), sample.clone()) {
+        let cpu_ratio = match (last.take(), sample) {
             (Some((before, at)), Some(after)) => {
                 let cpu = procfs::cpu_between(before, after, ticks);
                 cpu.as_secs_f64() / now.duration_since(at).as_secs_f64().max(1e-3)

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{http_request, index_of, stream};
+use common::{http_at, index_of, stream};
 use relais::auth::{mint, now_unix, Grants, TokenRequest};
 use relais::client::{Client, ClientEvent, ClientOptions};
 use relais::signal::protocol::{ServerMessage, TrackKind, TrackSource};
@@ -167,7 +167,7 @@ async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> 
 
 fn ready(node: &str) -> bool {
     std::net::TcpStream::connect_timeout(&node_addr(node), Duration::from_millis(200)).is_ok()
-        && http_request(node_addr(node), "GET", "/readyz").0 == 200
+        && http_at(&node_addr(node).to_string(), "GET", "/readyz", None).0 == 200
 }
 
 /// A Prometheus instant query's first value, over HTTP/1.0 so the body is not chunked.

@@ -4,8 +4,6 @@
 //! unit-tested by `promtool`.
 
 mod common;
-#[path = "metrics/etcd.rs"]
-mod etcd;
 #[path = "metrics/prom.rs"]
 mod prom;
 
@@ -205,16 +203,10 @@ async fn await_ready(node: &Node) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_under_load_export_every_family_and_dashboards_find_data() {
-    let etcd = etcd::Etcd::start();
-    let cluster = |region: &str| {
-        format!(
-            "[node]\nregion = \"{region}\"\n[cluster]\netcd_endpoints = [\"{}\"]\n",
-            etcd.endpoint
-        )
-    };
+    let etcd = common::etcd::Etcd::start();
     let nodes = [
-        Node::start_with(&cluster("eu-west")),
-        Node::start_with(&cluster("us-east")),
+        Node::start_clustered(&etcd.endpoint(), "node-a", "eu-west", ""),
+        Node::start_clustered(&etcd.endpoint(), "node-b", "us-east", ""),
     ];
     for node in &nodes {
         await_ready(node).await;

@@ -28,6 +28,10 @@ pub const MAX_REDIRECTS: usize = 4;
 /// How long `connect` waits for the answer to `join` before handing the client over.
 const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
+/// First and longest pause between attempts of [`Client::connect_retrying`].
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// How to reach and join a node.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -193,10 +197,62 @@ impl Client {
         Err(ClientError::Connect("too many redirects".to_owned()))
     }
 
+    /// Connects and joins, trying `options.url` and then each of `fallbacks` in
+    /// turn until a node answers `joined` or `within` has passed.
+    ///
+    /// This is how a client rides out a node's death or a cluster hiccup: a
+    /// refused socket, a redirect to a node that is gone, or a retryable refusal
+    /// of `join` (`cluster_unavailable`, `node_fenced`, `no_node_available`) is
+    /// followed by a short backoff and the next URL. The returned client's next
+    /// event is `joined`.
+    pub async fn connect_retrying(
+        options: ClientOptions,
+        fallbacks: &[String],
+        within: Duration,
+    ) -> Result<Client, ClientError> {
+        let deadline = Instant::now() + within;
+        let urls: Vec<String> = std::iter::once(options.url.clone())
+            .chain(fallbacks.iter().cloned())
+            .collect();
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut last_error = ClientError::Timeout("joined");
+        for url in urls.iter().cycle() {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let attempt = ClientOptions {
+                url: url.clone(),
+                ..options.clone()
+            };
+            match tokio::time::timeout_at(deadline, Client::connect(attempt)).await {
+                Ok(Ok(client)) => match client.pending.front() {
+                    Some(ClientEvent::Server(ServerMessage::Joined { .. })) => return Ok(client),
+                    Some(ClientEvent::Server(ServerMessage::Error(body))) if !body.retryable() => {
+                        return Err(ClientError::Refused {
+                            status: 200,
+                            body: body.message.clone(),
+                        })
+                    }
+                    _ => client.close(),
+                },
+                Ok(Err(e)) => last_error = e,
+                Err(_) => break,
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        }
+        Err(last_error)
+    }
+
     /// Queues events until the server answers `join`; returns a redirect, if any.
     async fn await_join_answer(&mut self) -> Option<(String, Option<i64>)> {
         let deadline = Instant::now() + JOIN_ANSWER_WAIT;
-        while let Some(event) = timeout_at(deadline, self.events.recv()).await.ok().flatten() {
+        while let Some(event) = timeout_at(deadline, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+        {
             match event {
                 ClientEvent::Server(ServerMessage::Redirect { url, epoch, .. }) => {
                     return Some((url, epoch))

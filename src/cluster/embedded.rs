@@ -40,7 +40,7 @@ impl EmbeddedPlacement {
         }
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
         // The lock guards plain map updates that cannot panic half-way.
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -79,7 +79,7 @@ impl Placement for EmbeddedPlacement {
         room: &RoomName,
         _hints: &JoinHints,
     ) -> Result<Admission, PlacementError> {
-        let mut rooms = self.rooms();
+        let mut rooms = self.lock();
         if let Some((epoch, _)) = rooms.owned.get(room) {
             return Ok(Admission::Here { epoch: *epoch });
         }
@@ -96,14 +96,14 @@ impl Placement for EmbeddedPlacement {
     }
 
     async fn release(&self, room: &RoomName, epoch: Epoch) {
-        let mut rooms = self.rooms();
+        let mut rooms = self.lock();
         if rooms.owned.get(room).is_some_and(|(e, _)| *e == epoch) {
             rooms.owned.remove(room);
         }
     }
 
     async fn publish_room(&self, room: &RoomName, epoch: Epoch, summary: RoomSummary) {
-        let mut rooms = self.rooms();
+        let mut rooms = self.lock();
         match rooms.owned.get_mut(room) {
             Some((e, current)) if *e == epoch => *current = summary,
             _ => ClusterCounters::bump(&self.counters.stale_epoch),
@@ -111,7 +111,7 @@ impl Placement for EmbeddedPlacement {
     }
 
     async fn owner(&self, room: &RoomName) -> Result<Option<Owner>, PlacementError> {
-        let rooms = self.rooms();
+        let rooms = self.lock();
         Ok(rooms.owned.get(room).map(|(epoch, _)| Owner {
             node: self.node.id.clone(),
             url: self.node.url.clone(),
@@ -120,7 +120,7 @@ impl Placement for EmbeddedPlacement {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeView>, PlacementError> {
-        let load = self.rooms().load.clone();
+        let load = self.lock().load.clone();
         Ok(vec![NodeView {
             info: self.node(),
             load,
@@ -128,7 +128,7 @@ impl Placement for EmbeddedPlacement {
     }
 
     async fn rooms(&self) -> Result<Vec<RoomView>, PlacementError> {
-        let rooms = self.rooms();
+        let rooms = self.lock();
         Ok(rooms
             .owned
             .iter()
@@ -143,7 +143,16 @@ impl Placement for EmbeddedPlacement {
     }
 
     fn report_load(&self, load: NodeLoad) {
-        self.rooms().load = Some(load);
+        self.lock().load = Some(load);
+    }
+
+    fn owned_rooms(&self) -> Vec<(RoomName, Epoch)> {
+        let rooms = self.lock();
+        rooms
+            .owned
+            .iter()
+            .map(|(r, (e, _))| (r.clone(), *e))
+            .collect()
     }
 
     async fn drain(&self) {
@@ -152,5 +161,73 @@ impl Placement for EmbeddedPlacement {
 
     async fn leave(&self) {
         self.gate.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement() -> EmbeddedPlacement {
+        EmbeddedPlacement::new(NodeInfo {
+            id: "solo".into(),
+            region: "local".into(),
+            url: "ws://127.0.0.1:7880".into(),
+            state: NodeState::Serving,
+        })
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name).expect("valid room name")
+    }
+
+    #[tokio::test]
+    async fn a_reopened_room_gets_a_higher_epoch() {
+        let p = placement();
+        let hints = JoinHints::default();
+        let Ok(Admission::Here { epoch: first }) = p.admit(&room("a"), &hints).await else {
+            panic!("embedded placement serves every room here");
+        };
+        assert_eq!(
+            p.admit(&room("a"), &hints).await,
+            Ok(Admission::Here { epoch: first })
+        );
+        p.release(&room("a"), first).await;
+        let Ok(Admission::Here { epoch: second }) = p.admit(&room("a"), &hints).await else {
+            panic!("reopened here");
+        };
+        assert!(second > first);
+    }
+
+    #[tokio::test]
+    async fn writes_with_an_old_epoch_are_refused_and_counted() {
+        let p = placement();
+        let Ok(Admission::Here { epoch }) = p.admit(&room("a"), &JoinHints::default()).await else {
+            panic!("served here");
+        };
+        let summary = RoomSummary {
+            participants: 3,
+            tracks: 2,
+        };
+        p.publish_room(&room("a"), epoch - 1, summary.clone()).await;
+        assert_eq!(p.counters().stale_epoch.load(Ordering::Relaxed), 1);
+        p.publish_room(&room("a"), epoch, summary).await;
+        let listed = p.rooms().await.expect("listing");
+        assert_eq!(listed[0].participants, 3);
+        // Releasing with a stale epoch leaves the room alone.
+        p.release(&room("a"), epoch - 1).await;
+        assert_eq!(p.owned_rooms(), vec![(room("a"), epoch)]);
+    }
+
+    #[tokio::test]
+    async fn a_draining_node_takes_no_new_room() {
+        let p = placement();
+        p.drain().await;
+        assert_eq!(
+            p.admit(&room("b"), &JoinHints::default()).await,
+            Err(PlacementError::NoNode)
+        );
+        assert_eq!(p.status().state, NodeState::Draining);
+        assert!(!p.status().ready());
     }
 }

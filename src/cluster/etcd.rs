@@ -184,8 +184,10 @@ impl EtcdPlacement {
             self.shared().lease = Some(lease);
             match self.register(lease).await {
                 Ok(()) => {
-                    self.gate.open_until(clock.deadline());
+                    // Rooms owned elsewhere by now must be given up before the
+                    // gate opens, or this node would act on them for a moment.
                     self.reclaim_rooms(lease).await;
+                    self.gate.open_until(clock.deadline());
                     info!(lease, "registered in the cluster");
                 }
                 Err(e) => warn!(error = %e, "cannot register in the cluster; retrying"),
@@ -197,7 +199,11 @@ impl EtcdPlacement {
 
     /// Writes the membership record on `lease`.
     async fn register(&self, lease: i64) -> Result<(), PlacementError> {
-        let node = self.node();
+        // Written only while the node holds its lease, so never "fenced".
+        let mut node = self.shared().node.clone();
+        if self.draining.load(Ordering::SeqCst) {
+            node.state = NodeState::Draining;
+        }
         let key = self.keys.node(&node.id);
         let options = PutOptions::new().with_lease(lease);
         let mut client = self.client.clone();
@@ -332,20 +338,42 @@ impl EtcdPlacement {
             _ => None,
         });
         match owner {
-            Some(owner) if owner.node == node.id && self.is_our_lease_key(&response, lease) => {
-                Ok(Claim::Won(owner.epoch))
-            }
+            Some(owner) if owner.node == node.id => self.adopt(room, owner, lease).await,
             Some(owner) => Ok(Claim::Lost(owner)),
             // Deleted between the compare and the get: try again later.
             None => Err(PlacementError::Unavailable("the room changed hands".into())),
         }
     }
 
-    fn is_our_lease_key(&self, response: &etcd_client::TxnResponse, lease: i64) -> bool {
-        response.op_responses().into_iter().any(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().is_some_and(|kv| kv.lease() == lease),
-            _ => false,
-        })
+    /// Moves an owner key this node wrote under an older lease onto `lease`.
+    ///
+    /// The key still existing proves the old lease never expired, so nobody else
+    /// can have owned the room since: the epoch stays what it was.
+    async fn adopt(
+        &self,
+        room: &RoomName,
+        owner: Owner,
+        lease: i64,
+    ) -> Result<Claim, PlacementError> {
+        let key = self.keys.owner(room);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                owner.epoch,
+            )])
+            .and_then([TxnOp::put(
+                key,
+                encode(&owner),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut client = self.client.clone();
+        let response = self.call(client.txn(txn)).await?;
+        if response.succeeded() {
+            Ok(Claim::Won(owner.epoch))
+        } else {
+            Err(PlacementError::Unavailable("the room changed hands".into()))
+        }
     }
 
     async fn fetch_owner(&self, room: &RoomName) -> Result<Option<Owner>, PlacementError> {
@@ -410,19 +438,26 @@ impl EtcdPlacement {
 
     async fn watch_members(self: Arc<Self>) {
         let dir = self.keys.nodes();
+        let mut quiet = false;
         while !self.leaving.load(Ordering::SeqCst) {
-            if let Err(e) = self.follow_members(&dir).await {
-                warn!(error = %e, "membership watch interrupted; resuming");
+            // One warning per outage; the retries in between stay quiet.
+            match self.follow_members(&dir, &mut quiet).await {
+                Err(e) if !quiet => {
+                    warn!(error = %e, "membership watch interrupted; resuming");
+                    quiet = true;
+                }
+                _ => {}
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
-    async fn follow_members(&self, dir: &str) -> Result<(), PlacementError> {
+    async fn follow_members(&self, dir: &str, quiet: &mut bool) -> Result<(), PlacementError> {
         let mut client = self.client.clone();
         let listing = self
             .call(client.get(dir, Some(GetOptions::new().with_prefix())))
             .await?;
+        *quiet = false;
         let revision = listing.header().map(|h| h.revision()).unwrap_or_default();
         let members = listing
             .kvs()
@@ -746,6 +781,11 @@ impl Placement for EtcdPlacement {
 
     fn report_load(&self, load: NodeLoad) {
         self.shared().own_load = load;
+    }
+
+    fn owned_rooms(&self) -> Vec<(RoomName, Epoch)> {
+        let shared = self.shared();
+        shared.owned.iter().map(|(r, e)| (r.clone(), *e)).collect()
     }
 
     async fn drain(&self) {

@@ -242,6 +242,8 @@ pub trait Placement: Send + Sync {
     async fn rooms(&self) -> Result<Vec<RoomView>, PlacementError>;
     /// Records this node's load; the implementation publishes it.
     fn report_load(&self, load: NodeLoad);
+    /// The rooms this node owns, with their epochs.
+    fn owned_rooms(&self) -> Vec<(RoomName, Epoch)>;
     /// Marks the node draining: it takes nobody new.
     async fn drain(&self);
     /// Stops acting as owner and leaves the cluster at once (revokes the lease).

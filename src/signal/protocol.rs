@@ -297,6 +297,20 @@ impl ErrorCode {
     }
 }
 
+impl ErrorBody {
+    /// A join refused with this error may succeed if tried again shortly.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::ClusterUnavailable
+                | ErrorCode::NodeFenced
+                | ErrorCode::NoNodeAvailable
+                | ErrorCode::StaleEpoch
+                | ErrorCode::Internal
+        )
+    }
+}
+
 impl ServerMessage {
     pub fn error(code: ErrorCode, message: impl Into<String>, request: Option<&str>) -> Self {
         Self::Error(ErrorBody {
