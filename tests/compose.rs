@@ -95,6 +95,15 @@ impl Cluster {
         output
     }
 
+    /// The health Docker reports for a service, from its health check.
+    fn health(&self, service: &str) -> String {
+        let id = self.compose(&["ps", "-q", service]);
+        let id = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+        let format = "{{.State.Health.Status}}";
+        let inspect = self.run("docker", &["inspect", "-f", format, &id]);
+        String::from_utf8_lossy(&inspect.stdout).trim().to_owned()
+    }
+
     fn logs(&self) -> String {
         let (program, mut args) = compose_command();
         args.extend([
@@ -214,10 +223,16 @@ fn options(entry: &str, room: &str, identity: &str) -> ClientOptions {
     }
 }
 
+/// Longest a connection attempt may take. A redirect to a node that was just killed
+/// points at an address nobody answers, where a TCP connect waits for minutes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(12);
+
 /// Joins through `entry` (following redirects); returns the client and the serving node.
 async fn join(entry: &str, room: &str, identity: &str) -> Result<(Client, String), String> {
-    let mut client = Client::connect(options(entry, room, identity))
+    let connect = Client::connect(options(entry, room, identity));
+    let mut client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
+        .map_err(|_| format!("connecting through {entry} took too long"))?
         .map_err(|e| e.to_string())?;
     let node = client
         .wait_for(Duration::from_secs(10), "joined", |e| match e {
@@ -291,6 +306,15 @@ async fn compose_cluster_survives_losing_a_rooms_owner_and_prometheus_sees_it() 
         })
         .await;
     }
+    // The health checks work in every image: relais checks itself, etcdctl and promtool
+    // check theirs.
+    for service in ["etcd", NODES[0], NODES[1], NODES[2], "prometheus"] {
+        let what = format!("{service} healthy");
+        eventually(&what, Duration::from_secs(60), || {
+            (cluster.health(service) == "healthy").then_some(())
+        })
+        .await;
+    }
     let all_up = "sum(up{job=\"relais\"})";
     eventually(
         "prometheus scraping three nodes",
@@ -316,7 +340,7 @@ async fn compose_cluster_survives_losing_a_rooms_owner_and_prometheus_sees_it() 
         .copied()
         .find(|n| *n != owner)
         .expect("a survivor");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let second = loop {
         match meeting(entry, "standup").await {
             Ok(met) => break met,
