@@ -77,6 +77,7 @@ pub struct UpTrackHandle {
     pub track_id: TrackId,
     /// The publisher's codec, which every down-track negotiates in turn.
     pub codec: RTCRtpCodec,
+    /// Audio or video, for the metrics of the down-tracks.
     pub kind: MediaKind,
     commands: mpsc::UnboundedSender<UpTrackCommand>,
     pub counters: Arc<UpTrackCounters>,

@@ -21,8 +21,8 @@
 //! | family | type | labels | recorded by |
 //! |---|---|---|---|
 //! | `relais_build_info` | gauge (1) | version, node, region | start-up |
-//! | `relais_node_state` | gauge (0/1) | state | [`Metrics::set_node_state`] |
-//! | `relais_rooms` | gauge | role | [`Metrics::set_rooms`] |
+//! | `relais_node_state` | gauge (0/1) | state | placement status, on scrape |
+//! | `relais_rooms` | gauge | role | room registry, on scrape |
 //! | `relais_participants` | gauge | | [`Metrics::participant`] |
 //! | `relais_tracks` | gauge | kind, direction | [`Metrics::track`] |
 //! | `relais_joins_total` | counter | result | [`Metrics::join`] |
@@ -39,10 +39,10 @@
 //! | `relais_down_track_queue_drops_total` | counter | kind | up-track |
 //! | `relais_cascade_links` | gauge | state | [`Metrics::set_cascade_links`] |
 //! | `relais_cascade_reconnects_total` | counter | | [`Metrics::cascade_reconnect`] |
-//! | `relais_etcd_request_duration_seconds` | histogram | operation | [`Metrics::etcd_request`] |
-//! | `relais_etcd_lease_keepalive_failures_total` | counter | | [`Metrics::keepalive_failure`] |
-//! | `relais_room_ownership_changes_total` | counter | reason | [`Metrics::ownership_change`] |
-//! | `relais_fencing_rejections_total` | counter | kind | [`Metrics::fencing_rejection`] |
+//! | `relais_etcd_request_duration_seconds` | histogram | operation | etcd placement |
+//! | `relais_etcd_lease_keepalive_failures_total` | counter | | placement, on scrape |
+//! | `relais_room_ownership_changes_total` | counter | reason | placement, on scrape |
+//! | `relais_fencing_rejections_total` | counter | kind | placement, on scrape |
 //! | `relais_tasks` | gauge | task | [`Metrics::task`] |
 //! | `process_*` | | | the process collector (CPU, memory, open files) |
 //!
@@ -54,13 +54,19 @@
 //!
 //! # For cluster code
 //!
-//! Placement, cascades and etcd record through [`Metrics::set_node_state`],
-//! [`Metrics::set_rooms`], [`Metrics::ownership_change`], [`Metrics::fencing_rejection`],
-//! [`Metrics::etcd_request`] (or [`Metrics::time_etcd`] around a request),
-//! [`Metrics::keepalive_failure`], [`Metrics::set_cascade_links`],
-//! [`Metrics::cascade_reconnect`], and [`Metrics::rtp_counters`] with [`Path::Cascade`] for
-//! media on a cascade. While the embedded placement is in use, the metrics listener sets
-//! `relais_rooms{role="owner"}` from the room registry on every scrape.
+//! On every scrape the listener reads the node state and the [`ClusterCounters`] from the
+//! placement ([`Metrics::sync_placement`]) and the number of rooms from the registry (a
+//! room actor lives on a node only while it owns the room). The etcd placement times each
+//! request through [`Metrics::time_etcd`], labelled by [`EtcdRequest`].
+//!
+//! Events the placement does not count yet are recorded directly, without double counting
+//! what [`Metrics::sync_placement`] carries over: [`Metrics::ownership_change`] with
+//! [`OwnershipChange::Released`], [`Metrics::set_rooms`] with [`RoomRole::Shard`],
+//! [`Metrics::etcd_request`] for a request timed elsewhere. Cascades, once they exist,
+//! record through [`Metrics::set_cascade_links`], [`Metrics::cascade_reconnect`] and
+//! [`Metrics::rtp_counters`] with [`Path::Cascade`]; until then those series stay at zero.
+//!
+//! [`ClusterCounters`]: crate::cluster::ClusterCounters
 //!
 //! [`NodeContext`]: crate::participant::NodeContext
 
