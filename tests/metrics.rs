@@ -245,6 +245,21 @@ async fn two_nodes_under_load_export_every_family_and_dashboards_find_data() {
     }
     assert!(empty.is_empty(), "panels without data: {empty:#?}");
 
+    // The alert rules run on the real series too: a healthy cluster trips none of them,
+    // not even into pending.
+    assert_eq!(
+        prometheus.evaluated_alert_rules(),
+        8,
+        "alert rules loaded and evaluated"
+    );
+    let alerts = prometheus.query("ALERTS");
+    assert_eq!(
+        alerts,
+        0,
+        "alerts on a healthy cluster: {}",
+        prometheus.raw("ALERTS")
+    );
+
     for meeting in meetings {
         meeting.sender.abort();
         meeting.alice.close();

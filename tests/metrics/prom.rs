@@ -224,6 +224,26 @@ impl Prometheus {
         }
     }
 
+    /// How many alerting rules Prometheus has loaded and evaluated at least once.
+    pub fn evaluated_alert_rules(&self) -> usize {
+        let (_, body) = get(self.addr, "/api/v1/rules?type=alert").expect("prometheus answers");
+        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let groups = json["data"]["groups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["health"] == "ok")
+            .count()
+    }
+
+    /// A query's result as JSON text, for failure messages.
+    pub fn raw(&self, query: &str) -> String {
+        self.data(query).to_string()
+    }
+
     /// The value of a query that returns one series.
     pub fn value(&self, query: &str) -> Option<f64> {
         let data = self.data(query);
