@@ -333,6 +333,7 @@ async fn strangers_are_refused_and_garbage_is_dropped() {
         "not-the-cluster-secret-but-long-enough-0123",
         "127.0.0.1:0".parse().expect("addr"),
         events,
+        None,
     )
     .expect("links");
     stranger.want("n0", address);
@@ -353,6 +354,7 @@ async fn strangers_are_refused_and_garbage_is_dropped() {
         CASCADE_SECRET,
         "127.0.0.1:0".parse().expect("addr"),
         events,
+        None,
     )
     .expect("links");
     friend.want("n0", address);

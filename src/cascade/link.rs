@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::cascade::wire::{self, Control};
+use crate::metrics::{self, Metrics};
 
 /// How long a silent peer is given before its link counts as broken.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -104,6 +105,8 @@ impl MediaPath {
 
 pub struct Links {
     node_id: String,
+    /// The node's metrics; absent for links made outside a node (tests).
+    metrics: Option<Arc<Metrics>>,
     key: hmac::Key,
     endpoint: Endpoint,
     events: mpsc::UnboundedSender<LinkEvent>,
@@ -138,12 +141,14 @@ impl Links {
         secret: &str,
         bind: SocketAddr,
         events: mpsc::UnboundedSender<LinkEvent>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<Arc<Links>, LinkError> {
         let (server, client) = tls_configs()?;
         let mut endpoint = Endpoint::server(server, bind)?;
         endpoint.set_default_client_config(client);
         let links = Arc::new(Links {
             node_id,
+            metrics,
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
             endpoint,
             events,
@@ -156,6 +161,20 @@ impl Links {
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.endpoint.local_addr().ok()
+    }
+
+    /// Publishes how many links are up and how many wanted ones are down.
+    fn count_links(&self, state: &LinkState) {
+        if let Some(metrics) = &self.metrics {
+            let up = state.peers.len();
+            let down = state
+                .wanted
+                .keys()
+                .filter(|p| !state.peers.contains_key(*p))
+                .count();
+            metrics.set_cascade_links(metrics::LinkState::Up, up);
+            metrics.set_cascade_links(metrics::LinkState::Down, down);
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, LinkState> {
@@ -336,15 +355,23 @@ impl Links {
                     return false;
                 }
             }
+            let seen_before = state.peer_counters.contains_key(&peer);
             state.peer_counters.entry(peer.clone()).or_default();
-            state.peers.insert(
+            if seen_before {
+                if let Some(metrics) = &self.metrics {
+                    metrics.cascade_reconnect();
+                }
+            }
+            let replaced = state.peers.insert(
                 peer.clone(),
                 Peer {
                     connection: connection.clone(),
                     control: control_tx,
                     dialer: dialed_by,
                 },
-            )
+            );
+            self.count_links(&state);
+            replaced
         };
         if let Some(old) = replaced {
             old.connection
@@ -435,6 +462,7 @@ impl Links {
             if let Some(c) = state.peer_counters.get(peer) {
                 c.reconnects.fetch_add(1, Ordering::Relaxed);
             }
+            self.count_links(&state);
             state.wanted.contains_key(peer) && state.dialing.insert(peer.to_owned())
         };
         info!(%peer, "cascade link down");

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::shared::marshal::Marshal;
 use tokio::sync::mpsc;
@@ -32,8 +31,9 @@ use tokio::sync::mpsc;
 use crate::ids::TrackId;
 use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{
-    self, CascadeOrigin, Source, UpTrack, UpTrackCommand, UpTrackHandle, DOWN_TRACK_QUEUE,
+    self, CascadeOrigin, Outgoing, Source, UpTrack, UpTrackCommand, UpTrackHandle, DOWN_TRACK_QUEUE,
 };
+use crate::metrics::{Direction, Kind, Metrics, Path};
 use crate::participant::peer::video_feedback;
 use crate::participant::publications::forwarder_config;
 use crate::signal::protocol::TrackKind;
@@ -48,14 +48,16 @@ pub struct Cascade {
     pub links: Arc<Links>,
     /// The address other nodes dial, as published in the membership.
     pub advertised: SocketAddr,
+    pub metrics: Arc<Metrics>,
     next_channel: AtomicU64,
 }
 
 impl Cascade {
-    pub fn new(links: Arc<Links>, advertised: SocketAddr) -> Self {
+    pub fn new(links: Arc<Links>, advertised: SocketAddr, metrics: Arc<Metrics>) -> Self {
         Self {
             links,
             advertised,
+            metrics,
             next_channel: AtomicU64::new(1),
         }
     }
@@ -162,6 +164,7 @@ pub fn import(
     let up = UpTrack {
         track_id: origin.track.clone(),
         config: forwarder_config(kind, &codec.mime_type),
+        metrics: origin.cascade.metrics.clone(),
         codec,
         source: Source::Cascade {
             packets: packets_rx,
@@ -182,7 +185,11 @@ pub fn export(
     handle: &UpTrackHandle,
 ) -> Option<DownTrackKey> {
     let path = cascade.links.media_path(peer)?;
-    let (sink, mut packets) = mpsc::channel::<Packet>(DOWN_TRACK_QUEUE);
+    let (sink, mut packets) = mpsc::channel::<Outgoing>(DOWN_TRACK_QUEUE);
+    let mut sent =
+        cascade
+            .metrics
+            .rtp_counters(Direction::Out, Kind::from(handle.kind), Path::Cascade);
     let key = DownTrackKey::fresh();
     let added = handle.send(UpTrackCommand::AddDownTrack {
         key,
@@ -194,11 +201,12 @@ pub fn export(
         return None;
     }
     tokio::spawn(async move {
-        while let Some(packet) = packets.recv().await {
+        while let Some(Outgoing { packet, .. }) = packets.recv().await {
             let Ok(rtp) = packet.marshal() else { continue };
             if !path.send(wire::encode_media(channel, &rtp)) {
                 break;
             }
+            sent.record(std::time::Instant::now(), packet.payload.len());
         }
     });
     Some(key)

@@ -33,6 +33,7 @@ use crate::cluster::fence::LeaseClock;
 use crate::cluster::keys::Keys;
 use crate::cluster::*;
 use crate::config::ClusterConfig;
+use crate::metrics::{EtcdRequest, Metrics};
 
 /// Longest wait for one etcd request before the store counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1_500);
@@ -50,6 +51,8 @@ pub struct EtcdPlacement {
     gate: Arc<FenceGate>,
     counters: ClusterCounters,
     events: mpsc::UnboundedSender<PlacementEvent>,
+    /// Times every etcd request.
+    metrics: Arc<Metrics>,
     draining: AtomicBool,
     leaving: AtomicBool,
     /// Everything the tasks and requests share; held only for map updates, never
@@ -96,6 +99,7 @@ impl EtcdPlacement {
         config: ClusterConfig,
         node: NodeInfo,
         events: mpsc::UnboundedSender<PlacementEvent>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, PlacementError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
@@ -111,6 +115,7 @@ impl EtcdPlacement {
             gate: Arc::new(FenceGate::new()),
             counters: ClusterCounters::default(),
             events,
+            metrics,
             draining: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
             shared: Mutex::new(Shared {
@@ -145,12 +150,16 @@ impl EtcdPlacement {
         self.shared().node.id.clone()
     }
 
-    /// Runs `fut` with the request timeout, recording whether etcd answered.
-    async fn call<T>(
+    /// Runs `fut` with the request timeout, recording whether etcd answered and how
+    /// long it took.
+    async fn call<T: EtcdRequest>(
         &self,
         fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, PlacementError> {
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        let request = tokio::time::timeout(REQUEST_TIMEOUT, fut);
+        let result = self
+            .metrics
+            .time_etcd(T::OPERATION, request)
             .await
             .map_err(timed_out)
             .and_then(|r| r.map_err(store_error));

@@ -268,6 +268,7 @@ pub async fn start(
     url: String,
     cascade: Option<std::net::SocketAddr>,
     events: mpsc::UnboundedSender<PlacementEvent>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn Placement>, PlacementError> {
     let node = NodeInfo {
         id: config.node.id.clone(),
@@ -279,6 +280,7 @@ pub async fn start(
     if config.cluster.etcd_endpoints.is_empty() {
         return Ok(Arc::new(embedded::EmbeddedPlacement::new(node)));
     }
-    let placement = etcd::EtcdPlacement::start(config.cluster.clone(), node, events).await?;
+    let placement =
+        etcd::EtcdPlacement::start(config.cluster.clone(), node, events, metrics).await?;
     Ok(placement)
 }

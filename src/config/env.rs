@@ -98,6 +98,11 @@ const ENV_VARS: &[EnvVar] = &[
         "a positive integer",
     ),
     env_var("RELAIS_LOG", &["log.level"], "a log filter like info"),
+    env_var(
+        "RELAIS_METRICS_LISTEN",
+        &["metrics.listen"],
+        "a socket address like 127.0.0.1:9464",
+    ),
 ];
 
 const fn env_var(
@@ -183,6 +188,7 @@ impl Config {
             "RELAIS_SIGNALING_RATE_PER_SEC" => self.signaling.rate_per_sec = parse_env(var, value)?,
             "RELAIS_SIGNALING_RATE_BURST" => self.signaling.rate_burst = parse_env(var, value)?,
             "RELAIS_LOG" => self.log.level = value.to_owned(),
+            "RELAIS_METRICS_LISTEN" => self.metrics.listen = parse_env(var, value)?,
             _ => {}
         }
         Ok(())

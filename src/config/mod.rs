@@ -105,6 +105,8 @@ pub struct Config {
     pub signaling: SignalingConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Prometheus metrics listener.
+    pub metrics: MetricsConfig,
 }
 
 /// `[node]`: identity of this node in the cluster.
@@ -301,6 +303,22 @@ impl Default for SignalingConfig {
             max_message_bytes: 65_536,
             rate_per_sec: 50,
             rate_burst: 100,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus metrics listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Socket address serving `/metrics`; defaults to `127.0.0.1:9464`, port 0 for any.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
 }

@@ -317,6 +317,25 @@ fn env_log() {
 }
 
 #[test]
+fn env_metrics_listen() {
+    let config = with_env(&[("RELAIS_METRICS_LISTEN", "0.0.0.0:9100")]).expect("ok");
+    assert_eq!(
+        config.metrics.listen,
+        "0.0.0.0:9100".parse::<std::net::SocketAddr>().unwrap()
+    );
+    assert!(refused_env(&[("RELAIS_METRICS_LISTEN", "nope")]).contains("RELAIS_METRICS_LISTEN"));
+}
+
+#[test]
+fn metrics_listen_defaults_to_loopback() {
+    let config = Config::from_toml_str("", env(&[])).expect("ok");
+    assert_eq!(
+        config.metrics.listen,
+        "127.0.0.1:9464".parse::<std::net::SocketAddr>().unwrap()
+    );
+}
+
+#[test]
 fn env_overrides_file() {
     let text = "[room]\nmax_participants = 3\n";
     let pairs = [("RELAIS_ROOM_MAX_PARTICIPANTS", "4")];

@@ -24,13 +24,24 @@ use tokio::time::sleep_until;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::ids::TrackId;
+use crate::media::codec::MediaKind;
 use crate::media::forwarder::{DownTrackKey, Forwarder, ForwarderConfig};
+use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters, Task, DELAY_SAMPLE_EVERY};
 
 /// Packets a down-track may have queued before new ones are dropped for it.
 pub const DOWN_TRACK_QUEUE: usize = 512;
 
 /// Where the forwarder's output for one down-track goes.
-pub type DownTrackSink = mpsc::Sender<Packet>;
+pub type DownTrackSink = mpsc::Sender<Outgoing>;
+
+/// A rewritten packet on its way to one subscriber.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub packet: Packet,
+    /// When the publisher's packet arrived, on a sample of packets, so that the down-track
+    /// can measure the forwarding delay.
+    pub arrived: Option<Instant>,
+}
 
 /// Commands to an up-track task.
 #[derive(Debug)]
@@ -68,6 +79,8 @@ pub struct UpTrackHandle {
     pub track_id: TrackId,
     /// The publisher's codec, which every down-track negotiates in turn.
     pub codec: RTCRtpCodec,
+    /// Audio or video, for the metrics of the down-tracks.
+    pub kind: MediaKind,
     commands: mpsc::UnboundedSender<UpTrackCommand>,
     pub counters: Arc<UpTrackCounters>,
 }
@@ -99,6 +112,16 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// Where the packets come from, as the metrics name it.
+    fn path(&self) -> Path {
+        match self {
+            Source::Peer { .. } => Path::Client,
+            Source::Cascade { .. } => Path::Cascade,
+        }
+    }
+}
+
 /// The far end of a cascaded track, as the up-track task sees it.
 pub trait CascadeOrigin: Send + Sync {
     /// Called with true when the first down-track attaches, false when the last goes.
@@ -113,6 +136,7 @@ pub struct UpTrack {
     pub source: Source,
     pub codec: RTCRtpCodec,
     pub config: ForwarderConfig,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the task on the current runtime. `on_end` runs once when it stops.
@@ -122,11 +146,17 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
     let handle = UpTrackHandle {
         track_id: up.track_id.clone(),
         codec: up.codec.clone(),
+        kind: up.config.kind,
         commands: tx,
         counters: counters.clone(),
     };
     tokio::spawn(async move {
         let track_id = up.track_id.clone();
+        let kind = Kind::from(up.config.kind);
+        let _gauges = (
+            up.metrics.task(Task::UpTrack),
+            up.metrics.track(kind, Direction::In),
+        );
         run(up, rx, counters).await;
         on_end(track_id);
     });
@@ -138,6 +168,9 @@ struct Loop {
     sinks: HashMap<DownTrackKey, DownTrackSink>,
     out: Vec<(DownTrackKey, Packet)>,
     counters: Arc<UpTrackCounters>,
+    /// Packets and bytes received from the publisher.
+    received: RtpCounters,
+    queue_drops: prometheus::IntCounter,
 }
 
 async fn run(
@@ -145,11 +178,16 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<UpTrackCommand>,
     counters: Arc<UpTrackCounters>,
 ) {
+    let kind = Kind::from(up.config.kind);
     let mut state = Loop {
         forwarder: Forwarder::new(up.config),
         sinks: HashMap::new(),
         out: Vec::new(),
         counters,
+        received: up
+            .metrics
+            .rtp_counters(Direction::In, kind, up.source.path()),
+        queue_drops: up.metrics.queue_drops(kind),
     };
     let mut source = up.source;
     loop {
@@ -203,13 +241,26 @@ impl Loop {
         packet.header.extensions.clear();
         self.out.clear();
         self.forwarder.handle_rtp(now, &packet, &mut self.out);
+        self.received.record(now, packet.payload.len());
 
+        // The forwarder has counted this packet in: its count picks the delay samples.
+        let sampled = self
+            .forwarder
+            .stats()
+            .packets_in
+            .is_multiple_of(DELAY_SAMPLE_EVERY);
+        let arrived = sampled.then_some(now);
         for (key, copy) in self.out.drain(..) {
             let Some(sink) = self.sinks.get(&key) else {
                 continue;
             };
-            if sink.try_send(copy).is_err() {
+            let outgoing = Outgoing {
+                packet: copy,
+                arrived,
+            };
+            if sink.try_send(outgoing).is_err() {
                 self.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                self.queue_drops.inc();
             }
         }
     }

@@ -142,6 +142,7 @@ impl Participant {
             },
             codec: facts.codec.clone(),
             config: forwarder_config(facts.kind, &facts.codec.mime_type),
+            metrics: self.node.metrics.clone(),
         };
         let handle = uptrack::spawn(up, move |track_id| me.do_send(UpTrackEnded { track_id }));
         self.published.insert(

@@ -29,6 +29,8 @@ pub const CASCADE_SECRET: &str = "cascade-secret-for-tests-0123456789abcdef";
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
+    /// The metrics listener's address.
+    pub metrics_addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -43,6 +45,7 @@ impl Node {
         let path = dir.path().join("relais.toml");
         let config = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ip = \"127.0.0.1\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\
              [auth.keys]\n{API_KEY} = \"{SECRET}\"\n[log]\nlevel = \"info\"\n{extra}"
         );
         std::fs::write(&path, config).expect("write config");
@@ -56,14 +59,15 @@ impl Node {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start relais");
-        let addr = read_address(child.stdout.take().expect("stdout"));
-        let Some(addr) = addr else {
+        let addrs = read_addresses(child.stdout.take().expect("stdout"));
+        let Some((addr, metrics_addr)) = addrs else {
             let _ = child.kill();
-            panic!("relais did not report its address");
+            panic!("relais did not report its addresses");
         };
         Node {
             child,
             addr,
+            metrics_addr,
             _dir: dir,
         }
     }
@@ -147,6 +151,13 @@ impl Node {
     /// A plain HTTP request without a body; returns status code and body.
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
         http_at(&self.addr.to_string(), method, path, None)
+    }
+
+    /// The node's metrics in the Prometheus text format.
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_at(&self.metrics_addr.to_string(), "GET", "/metrics", None);
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
     }
 }
 
@@ -251,14 +262,18 @@ impl Drop for Node {
 }
 
 /// Reads the log until the serving line, then keeps draining it in the background.
-fn read_address(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
+/// Returns the HTTP and the metrics addresses; the metrics line comes first.
+fn read_addresses(stdout: std::process::ChildStdout) -> Option<(SocketAddr, SocketAddr)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut sent = false;
+        let (mut sent, mut metrics) = (false, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if !sent {
-                if let Some(addr) = parse_addr(&line) {
-                    let _ = tx.send(addr);
+                metrics = metrics.or_else(|| parse_addr(&line, "metrics are served"));
+                if let (Some(addr), Some(metrics)) =
+                    (parse_addr(&line, "relais is serving"), metrics)
+                {
+                    let _ = tx.send((addr, metrics));
                     sent = true;
                 }
             }
@@ -270,8 +285,8 @@ fn read_address(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
     rx.recv_timeout(Duration::from_secs(30)).ok()
 }
 
-fn parse_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split("relais is serving").nth(1)?;
+fn parse_addr(line: &str, message: &str) -> Option<SocketAddr> {
+    let rest = line.split(message).nth(1)?;
     let field = rest
         .split_whitespace()
         .find_map(|f| f.strip_prefix("addr="))?;
