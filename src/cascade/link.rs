@@ -34,6 +34,9 @@ const KEEP_ALIVE: Duration = Duration::from_millis(500);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 const REDIAL_MIN: Duration = Duration::from_millis(200);
 const REDIAL_MAX: Duration = Duration::from_secs(3);
+/// Failed dials before a peer is given up (about a minute): a node that does not
+/// come back is no longer dialed; a room that needs it asks again.
+const MAX_DIALS: u32 = 25;
 const ALPN: &[u8] = b"relais-cascade/1";
 const EXPORT_LABEL: &[u8] = b"EXPORTER-relais-cascade";
 
@@ -266,7 +269,12 @@ impl Links {
 
     async fn dial_loop(self: Arc<Self>, peer: String) {
         let mut pause = REDIAL_MIN;
-        loop {
+        for attempt in 1.. {
+            if attempt > MAX_DIALS {
+                warn!(%peer, "cascade peer unreachable; giving up until it is needed again");
+                self.state().wanted.remove(&peer);
+                break;
+            }
             let addr = self.state().wanted.get(&peer).copied();
             let Some(addr) = addr else { break };
             if self.state().peers.contains_key(&peer) {

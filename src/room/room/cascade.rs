@@ -220,11 +220,10 @@ impl Room {
             warn!(room = %self.name, node = %node.id, "peer has no cascade address");
             return;
         };
-        if !self.peer_nodes.insert(node.id.clone()) {
-            return;
-        }
+        // Wanting again is cheap, and redials a node that was given up on.
+        let new = self.peer_nodes.insert(node.id.clone());
         cascade.links.want(&node.id, addr);
-        if cascade.links.is_up(&node.id) {
+        if new && cascade.links.is_up(&node.id) {
             self.send_to(&node.id, &self.snapshot(true));
         }
     }
