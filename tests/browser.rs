@@ -135,11 +135,7 @@ fn two_participants_on_different_nodes_see_each_other() {
         .collect();
     favour_nodes();
     for node in &nodes {
-        let deadline = std::time::Instant::now() + secs(15);
-        while node.http_get("/readyz").0 != 200 {
-            assert!(std::time::Instant::now() < deadline, "node not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        node.wait_ready();
     }
     let driver = ChromeDriver::start();
     // Each page is served by, and signals to, a node of its own.

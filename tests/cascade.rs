@@ -6,15 +6,19 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::{payload, publish, send_packets, Node, CASCADE_SECRET};
+use common::{owner_of, payload, publish, send_packets, wait_for, Node, CASCADE_SECRET};
 use relais::cascade::link::{LinkEvent, Links};
 use relais::cascade::wire;
 use relais::client::{Client, ClientEvent, LocalTrack};
-use relais::signal::protocol::{ServerMessage, TrackKind};
+use relais::signal::protocol::TrackKind;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 const TTL: u64 = 2;
+
+/// These tests take turns: each runs three or four nodes and a dozen clients, and
+/// exact delivery is only meaningful on a machine they do not overload together.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn cluster(etcd: &Etcd, count: usize) -> Vec<Node> {
     let nodes: Vec<Node> = (0..count)
@@ -28,27 +32,9 @@ fn cluster(etcd: &Etcd, count: usize) -> Vec<Node> {
         (listing["nodes"].as_array().map(Vec::len) == Some(count)).then_some(())
     });
     for node in &nodes {
-        wait_ready(node);
+        node.wait_ready();
     }
     nodes
-}
-
-/// A node admits nobody until it holds its lease.
-fn wait_ready(node: &Node) {
-    wait_for(Duration::from_secs(10), "ready", || {
-        (node.http_get("/readyz").0 == 200).then_some(())
-    });
-}
-
-fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A node's link counters towards `peer`: (packets sent, packets received).
@@ -70,19 +56,6 @@ fn link_packets(node: &Node, peer: &str) -> (u64, u64) {
 
 fn cascade_view(node: &Node) -> Value {
     node.admin("GET", "/admin/node").1["cascade"].clone()
-}
-
-async fn joined(node: &Node, room: &str, identity: &str, auto_subscribe: bool) -> Client {
-    let mut options = node.options(room, identity);
-    options.auto_subscribe = auto_subscribe;
-    let mut client = Client::connect(options).await.expect("connect");
-    client
-        .wait_for(Duration::from_secs(20), "joined", |e| {
-            matches!(e, ClientEvent::Server(ServerMessage::Joined { .. })).then_some(())
-        })
-        .await
-        .expect("joined");
-    client
 }
 
 /// Reads audio packets until index `last` arrives; returns the indices in order
@@ -137,14 +110,15 @@ async fn warm_up(track: &LocalTrack, clients: &mut [Client]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_crosses_each_link_once_and_only_where_wanted() {
+    let _turn = TURN.lock().await;
     let etcd = Etcd::start();
     let nodes = cluster(&etcd, 3);
-    let publisher = joined(&nodes[0], "plenary", "pub", false).await;
+    let publisher = nodes[0].join_with("plenary", "pub", false).await;
     let mut subscribers = Vec::new();
     for i in 0..10 {
-        subscribers.push(joined(&nodes[1], "plenary", &format!("b{i}"), true).await);
+        subscribers.push(nodes[1].join_with("plenary", &format!("b{i}"), true).await);
     }
-    subscribers.push(joined(&nodes[2], "plenary", "c0", true).await);
+    subscribers.push(nodes[2].join_with("plenary", "c0", true).await);
     // A participant on a fourth node who subscribes to nothing.
     let idle_node = Node::start_clustered(
         &etcd.endpoint(),
@@ -152,8 +126,8 @@ async fn media_crosses_each_link_once_and_only_where_wanted() {
         "r",
         &format!("lease_ttl_secs = {TTL}\n"),
     );
-    wait_ready(&idle_node);
-    let _idle = joined(&idle_node, "plenary", "idle", false).await;
+    idle_node.wait_ready();
+    let _idle = idle_node.join_with("plenary", "idle", false).await;
 
     let track = publish(&publisher, "mic", TrackKind::Audio).await;
     warm_up(&track, &mut subscribers).await;
@@ -187,12 +161,13 @@ async fn media_crosses_each_link_once_and_only_where_wanted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_node_dying_does_not_interrupt_the_others() {
+    let _turn = TURN.lock().await;
     let etcd = Etcd::start();
     let mut nodes = cluster(&etcd, 3);
-    let publisher = joined(&nodes[0], "briefing", "pub", false).await;
+    let publisher = nodes[0].join_with("briefing", "pub", false).await;
     let mut subscribers = vec![
-        joined(&nodes[1], "briefing", "stays", true).await,
-        joined(&nodes[2], "briefing", "goes", true).await,
+        nodes[1].join_with("briefing", "stays", true).await,
+        nodes[2].join_with("briefing", "goes", true).await,
     ];
     let track = publish(&publisher, "mic", TrackKind::Audio).await;
     warm_up(&track, &mut subscribers).await;
@@ -215,12 +190,13 @@ async fn a_subscriber_node_dying_does_not_interrupt_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_publishers_node_dies_it_republishes_elsewhere() {
+    let _turn = TURN.lock().await;
     let etcd = Etcd::start();
     let mut nodes = cluster(&etcd, 3);
-    let publisher = joined(&nodes[0], "desk", "anchor", false).await;
+    let publisher = nodes[0].join_with("desk", "anchor", false).await;
     let mut watchers = vec![
-        joined(&nodes[1], "desk", "w1", true).await,
-        joined(&nodes[2], "desk", "w2", true).await,
+        nodes[1].join_with("desk", "w1", true).await,
+        nodes[2].join_with("desk", "w2", true).await,
     ];
     let track = publish(&publisher, "mic", TrackKind::Audio).await;
     warm_up(&track, &mut watchers).await;
@@ -261,15 +237,16 @@ async fn when_the_publishers_node_dies_it_republishes_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_owner_dies_another_shard_takes_the_room_and_the_meeting_goes_on() {
+    let _turn = TURN.lock().await;
     let etcd = Etcd::start();
     let mut nodes = cluster(&etcd, 3);
-    let first = joined(&nodes[0], "council", "first", false).await;
+    let first = nodes[0].join_with("council", "first", false).await;
     let owner = wait_for(Duration::from_secs(5), "owner", || {
         owner_of(&nodes[1], "council")
     });
     assert_eq!(owner.0, "n0");
-    let speaker = joined(&nodes[1], "council", "speaker", false).await;
-    let mut listeners = vec![joined(&nodes[2], "council", "listener", true).await];
+    let speaker = nodes[1].join_with("council", "speaker", false).await;
+    let mut listeners = vec![nodes[2].join_with("council", "listener", true).await];
     let track = publish(&speaker, "mic", TrackKind::Audio).await;
     warm_up(&track, &mut listeners).await;
 
@@ -297,21 +274,9 @@ async fn when_the_owner_dies_another_shard_takes_the_room_and_the_meeting_goes_o
     assert_eq!(seen, expected);
 }
 
-fn owner_of(node: &Node, room: &str) -> Option<(String, i64)> {
-    let (status, rooms) = node.admin("GET", "/admin/rooms");
-    if status != 200 {
-        return None;
-    }
-    rooms["rooms"].as_array()?.iter().find_map(|r| {
-        if r["room"] != room {
-            return None;
-        }
-        Some((r["owner"].as_str()?.to_owned(), r["epoch"].as_i64()?))
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_are_refused_and_garbage_is_dropped() {
+    let _turn = TURN.lock().await;
     let etcd = Etcd::start();
     let nodes = cluster(&etcd, 1);
     let address: std::net::SocketAddr = cascade_view(&nodes[0])["address"]
@@ -371,5 +336,5 @@ async fn strangers_are_refused_and_garbage_is_dropped() {
     // The node is none the worse.
     let (status, _) = nodes[0].http_get("/readyz");
     assert_eq!(status, 200);
-    let _ = joined(&nodes[0], "after-garbage", "ok", true).await;
+    let _ = nodes[0].join_with("after-garbage", "ok", true).await;
 }

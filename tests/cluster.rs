@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::Node;
+use common::{owner_of, wait_for, Node};
 use relais::client::{Client, ClientEvent};
 use relais::signal::protocol::{ErrorCode, LeaveReason, ServerMessage, TrackKind};
 use serde_json::Value;
@@ -26,18 +26,6 @@ fn cluster(etcd: &Etcd, regions: &[&str], extra: &str) -> Vec<Node> {
         .collect()
 }
 
-/// Polls `probe` until it returns `Some`, or panics with `what` at the deadline.
-fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn ids_of(listing: &Value, key: &str, field: &str) -> Vec<String> {
     listing[key]
         .as_array()
@@ -48,20 +36,6 @@ fn ids_of(listing: &Value, key: &str, field: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The room's owner and epoch as the cluster lists them, asked through `node`.
-fn owner_of(node: &Node, room: &str) -> Option<(String, i64)> {
-    let (status, rooms) = node.admin("GET", "/admin/rooms");
-    if status != 200 {
-        return None;
-    }
-    rooms["rooms"].as_array()?.iter().find_map(|r| {
-        if r["room"] != room {
-            return None;
-        }
-        Some((r["owner"].as_str()?.to_owned(), r["epoch"].as_i64()?))
-    })
 }
 
 fn node_by_id<'a>(nodes: &'a [Node], id: &str) -> &'a Node {

@@ -129,6 +129,28 @@ impl Node {
         }
     }
 
+    /// Waits until `/readyz` answers 200: a cluster node admits nobody before its
+    /// lease is granted.
+    pub fn wait_ready(&self) {
+        wait_for(Duration::from_secs(15), "ready", || {
+            (self.http_get("/readyz").0 == 200).then_some(())
+        });
+    }
+
+    /// Joins and waits for `joined`; `auto_subscribe` as the client asks it.
+    pub async fn join_with(&self, room: &str, identity: &str, auto_subscribe: bool) -> Client {
+        let mut options = self.options(room, identity);
+        options.auto_subscribe = auto_subscribe;
+        let mut client = Client::connect(options).await.expect("connect");
+        client
+            .wait_for(Duration::from_secs(20), "joined", |e| {
+                matches!(e, ClientEvent::Server(ServerMessage::Joined { .. })).then_some(())
+            })
+            .await
+            .expect("joined");
+        client
+    }
+
     pub async fn join(&self, room: &str, identity: &str) -> Client {
         let mut client = Client::connect(self.options(room, identity))
             .await
@@ -370,4 +392,33 @@ pub async fn published_ids(client: &mut Client, cids: &[&str]) -> Vec<TrackId> {
         .await
         .expect("tracks published");
     found.into_iter().flatten().collect()
+}
+
+/// Polls `probe` until it returns `Some`, or panics naming `what` at the deadline.
+pub fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The room's owner node and epoch as the cluster lists them, asked through `node`.
+pub fn owner_of(node: &Node, room: &str) -> Option<(String, i64)> {
+    let (status, rooms) = node.admin("GET", "/admin/rooms");
+    if status != 200 {
+        return None;
+    }
+    rooms["rooms"].as_array()?.iter().find_map(|r| {
+        if r["room"] != room {
+            return None;
+        }
+        Some((r["owner"].as_str()?.to_owned(), r["epoch"].as_i64()?))
+    })
 }
