@@ -168,7 +168,7 @@ fn main() {
     let etcd = Etcd::start();
     let nodes: Vec<Node> = ["n0", "n1"]
         .iter()
-        .map(|id| Node::start_clustered(&etcd.endpoint(), id, "r", "[log]\nlevel = \"warn\"\n"))
+        .map(|id| Node::start_clustered(&etcd.endpoint(), id, "r", ""))
         .collect();
     for node in &nodes {
         node.wait_ready();
