@@ -7,6 +7,7 @@
 //! - [`rewrite`]: per-subscriber RTP header rewriting into one continuous stream.
 //! - [`keyframe`]: throttling of keyframe requests towards a publisher.
 //! - [`forwarder`]: one per published track, fanning its packets out to its down-tracks.
+//! - [`speaker`]: audio levels (RFC 6464) and the dominant and current speakers.
 //!
 //! Around that core sit thin shells that own tasks and sockets:
 //!
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod forwarder;
 pub mod keyframe;
 pub mod rewrite;
+pub mod speaker;
 
 pub mod downtrack;
 pub mod feedback;
