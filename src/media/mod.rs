@@ -7,6 +7,7 @@
 //! - [`rewrite`]: per-subscriber RTP header rewriting into one continuous stream.
 //! - [`keyframe`]: throttling of keyframe requests towards a publisher.
 //! - [`forwarder`]: one per published track, fanning its packets out to its down-tracks.
+//! - [`allocator`]: fitting a subscriber's tracks and layers into its estimated downlink.
 //! - [`speaker`]: audio levels (RFC 6464) and the dominant and current speakers.
 //!
 //! Around that core sit thin shells that own tasks and sockets:
@@ -15,6 +16,7 @@
 //! - [`downtrack`]: the tasks that deliver one track to one subscriber.
 //! - [`feedback`]: the interceptor that surfaces subscribers' keyframe requests.
 
+pub mod allocator;
 pub mod codec;
 pub mod forwarder;
 pub mod keyframe;
