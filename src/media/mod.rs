@@ -8,6 +8,7 @@
 //! - [`keyframe`]: throttling of keyframe requests towards a publisher.
 //! - [`forwarder`]: one per published track, fanning its packets out to its down-tracks.
 //! - [`allocator`]: fitting a subscriber's tracks and layers into its estimated downlink.
+//! - [`layers`]: choosing one simulcast layer of a video track for one subscriber.
 //! - [`speaker`]: audio levels (RFC 6464) and the dominant and current speakers.
 //!
 //! Around that core sit thin shells that own tasks and sockets:
@@ -20,6 +21,7 @@ pub mod allocator;
 pub mod codec;
 pub mod forwarder;
 pub mod keyframe;
+pub mod layers;
 pub mod rewrite;
 pub mod speaker;
 
