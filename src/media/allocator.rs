@@ -479,8 +479,10 @@ impl<K: Clone + PartialEq> Allocator<K> {
         let mut choices: Vec<Choice> = self.current.tracks.iter().map(|(_, c)| *c).collect();
         let (i, step) = by_priority(&self.demands)
             .into_iter()
-            .find_map(|i| Some((i, self.step_up(i, choices[i])?)))?;
-        choices[i] = step.to;
+            .find_map(|i| Some((i, self.step_up(i, *choices.get(i)?)?)))?;
+        if let Some(choice) = choices.get_mut(i) {
+            *choice = step.to;
+        }
         self.current = allocation(&self.demands, choices);
 
         // The next step waits for a whole hold time of its own.
@@ -510,12 +512,21 @@ impl<K: Clone + PartialEq> Allocator<K> {
         let Choice::Layer(goal) = target else {
             return target;
         };
-        match self.current.choice(key) {
+        match self.had(i, key) {
             Some(Choice::Layer(had)) => Choice::Layer(had.min(goal)),
             Some(paused @ Choice::Paused(PauseReason::Bandwidth)) => paused,
             Some(Choice::Paused(PauseReason::Hidden)) | None => {
                 Choice::Layer(self.first_layer(i).min(goal))
             }
+        }
+    }
+
+    /// What track `i` (named `key`) was given before. Demand lists mostly keep their
+    /// order, so its old place is looked at first.
+    fn had(&self, i: usize, key: &K) -> Option<Choice> {
+        match self.current.tracks.get(i) {
+            Some((k, choice)) if k == key => Some(*choice),
+            _ => self.current.choice(key),
         }
     }
 

@@ -395,6 +395,28 @@ fn hiding_and_showing_a_tile() {
 }
 
 #[test]
+fn a_publisher_dropping_its_top_layer_moves_its_subscribers_down() {
+    let base = Instant::now();
+    let mut allocator = Allocator::new(AllocatorConfig::default());
+    allocator
+        .allocate(base, 5_000 * KBPS, vec![speaker("spk")])
+        .expect("valid");
+    probe_until_settled(&mut allocator, 0, base);
+    assert_eq!(current(&allocator), [L(2)]);
+
+    let two = Layers::new(vec![layer(150, 320, 180), layer(500, 640, 360)]).expect("ordered");
+    let demand = TrackDemand {
+        layers: two,
+        ..speaker("spk")
+    };
+    let now = allocator
+        .allocate(base, 5_000 * KBPS, vec![demand])
+        .expect("valid");
+    assert_eq!(choices(now), [L(1)]);
+    assert_eq!(now.usage_bps, 500 * KBPS);
+}
+
+#[test]
 fn a_track_listed_twice_is_refused_and_changes_nothing() {
     let base = Instant::now();
     let mut allocator = Allocator::new(AllocatorConfig::default());

@@ -233,6 +233,23 @@ fn packetisation_time_does_not_change_the_verdict() {
 }
 
 #[test]
+fn decisions_are_taken_once_per_tick() {
+    let base = Instant::now();
+    let mut detector = SpeakerDetector::new(SpeakerConfig::default());
+    assert_eq!(detector.poll_timeout(), None);
+    detector.handle_level(base, A, AudioLevel::from_dbov(TALK));
+    let tick = base + Duration::from_millis(100);
+    assert_eq!(detector.poll_timeout(), Some(tick));
+    detector.handle_timeout(base + Duration::from_millis(99));
+    assert_eq!(detector.poll_timeout(), Some(tick));
+    detector.handle_timeout(tick);
+    assert_eq!(
+        detector.poll_timeout(),
+        Some(tick + Duration::from_millis(100))
+    );
+}
+
+#[test]
 fn a_flooding_sender_is_bounded() {
     let base = Instant::now();
     let mut detector = SpeakerDetector::new(SpeakerConfig::default());
