@@ -387,7 +387,12 @@ fn allocation<K: Clone>(demands: &[TrackDemand<K>], choices: Vec<Choice>) -> All
 
 fn usage<K>(demands: &[TrackDemand<K>], choices: &[Choice]) -> u64 {
     let cost = |(d, c): (&TrackDemand<K>, &Choice)| c.layer().map_or(0, |l| d.layers.cost(l));
-    demands.iter().zip(choices).map(cost).sum()
+    // Bitrates come from publishers: a sum of absurd ones saturates instead of wrapping.
+    demands
+        .iter()
+        .zip(choices)
+        .map(cost)
+        .fold(0, u64::saturating_add)
 }
 
 /// Indices of the demands, highest priority first, demand order within a class.

@@ -432,6 +432,27 @@ fn a_track_listed_twice_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn absurd_bitrates_do_not_overflow() {
+    let huge = vec![
+        layer(u64::MAX / KBPS - 1, 320, 180),
+        layer(u64::MAX / KBPS, 640, 360),
+    ];
+    let track = |key| TrackDemand {
+        layers: Layers::new(huge.clone()).expect("ordered"),
+        ..camera(key, size(640, 360))
+    };
+    let base = Instant::now();
+    let mut allocator = Allocator::new(AllocatorConfig::default());
+    let now = allocator
+        .allocate(base, u64::MAX, vec![track("x"), track("y")])
+        .expect("valid");
+    assert_eq!(choices(now), [L(0), BW]);
+    allocator.handle_estimate(ms(base, 100), 0);
+    assert_eq!(allocator.probe(ms(base, 10_000)), None);
+    assert_eq!(allocator.current().usage_bps, 0);
+}
+
+#[test]
 fn usage_never_exceeds_the_estimate() {
     let base = Instant::now();
     let mut allocator = Allocator::new(AllocatorConfig::default());
