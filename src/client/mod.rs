@@ -8,6 +8,7 @@
 
 mod driver;
 pub mod lossy;
+pub(crate) mod peer;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
