@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what building and testing relais needs on a Debian machine that has only
-# the Rust toolchain: a C compiler for the crypto crates, and the headless browser
-# the end-to-end tests drive. Idempotent and quiet when everything is there.
+# the Rust toolchain: a C compiler for the crypto crates, Janus (the server the
+# benchmark and the load tests compare relais with), and the headless browser the
+# end-to-end tests drive. Idempotent and quiet when everything is there.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 missing=""
 command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+command -v janus >/dev/null 2>&1 || missing="$missing janus"
 if [ -n "$missing" ]; then
     echo "setup: installing$missing" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -116,7 +116,9 @@ pub struct SessionRow {
     pub video_packets: u64,
     pub audio_packets: u64,
     pub lost_packets: u64,
-    /// Expected video or audio but received none.
+    /// Publishers whose video this participant received.
+    pub publishers_heard: usize,
+    /// Expected video or audio but received none, or not from every publisher.
     pub missing_media: bool,
     pub error: Option<String>,
 }
@@ -189,10 +191,10 @@ impl ServerUsage {
     }
 }
 
-/// Whether a participant should receive (video, audio).
-fn expects_media(role: Role, scenario: &Scenario) -> (bool, bool) {
-    let heard = publishers_heard(role, scenario.publishers) > 0;
-    (heard, heard && scenario.audio)
+/// How many publishers' video a participant should receive, and whether audio too.
+fn expects_media(role: Role, scenario: &Scenario) -> (usize, bool) {
+    let heard = publishers_heard(role, scenario.publishers);
+    (heard, heard > 0 && scenario.audio)
 }
 
 /// Packets each publisher sent, by stream number and kind.
@@ -229,7 +231,8 @@ fn session_row(report: &ParticipantReport, scenario: &Scenario, sent: &Sent) -> 
     let video_packets = report.received.packets(TrackKind::Video);
     let audio_packets = report.received.packets(TrackKind::Audio);
     let (want_video, want_audio) = expects_media(report.role, scenario);
-    let missing = (want_video && video_packets == 0) || (want_audio && audio_packets == 0);
+    let heard = report.received.streams(TrackKind::Video);
+    let missing = heard < want_video || (want_audio && audio_packets == 0);
     SessionRow {
         identity: report.identity.clone(),
         room: report.room.clone(),
@@ -239,6 +242,7 @@ fn session_row(report: &ParticipantReport, scenario: &Scenario, sent: &Sent) -> 
         video_packets,
         audio_packets,
         lost_packets: loss_of(&report.received, sent).0,
+        publishers_heard: heard,
         missing_media: report.join_time.is_some() && missing,
         error: report.error.clone(),
     }
