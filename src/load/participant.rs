@@ -83,7 +83,7 @@ impl Link {
     /// Whether the next packet gets through.
     fn passes(&mut self) -> bool {
         self.numbered += 1;
-        self.numbered % self.every != 0
+        !self.numbered.is_multiple_of(self.every)
     }
 }
 
