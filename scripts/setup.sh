@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what building and testing relais needs on a Debian machine that has only
-# the Rust toolchain: a C compiler for the crypto crates, Janus (the server the
-# benchmark and the load tests compare relais with), and the headless browser the
-# end-to-end tests drive. Idempotent and quiet when everything is there.
+# the Rust toolchain: a C compiler for the crypto crates, protoc for the etcd client,
+# etcd for the cluster tests, Janus (which the benchmark and the load tests compare
+# relais with), and the headless browser the end-to-end tests drive. Idempotent and
+# quiet when everything is there.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 missing=""
 command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+# The etcd client crate compiles etcd's protobuf definitions at build time.
+command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing="$missing libprotobuf-dev"
+# Cluster tests start a real etcd on loopback.
+command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
+# The benchmark and a load test compare relais with a Janus VideoRoom.
 command -v janus >/dev/null 2>&1 || missing="$missing janus"
 if [ -n "$missing" ]; then
     echo "setup: installing$missing" >&2

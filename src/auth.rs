@@ -93,6 +93,9 @@ pub struct Claims {
     /// Permissions in that room.
     #[serde(default)]
     pub grants: Grants,
+    /// The participant's region, a placement hint; may be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Expiry, unix seconds.
     pub exp: u64,
     /// Not valid before, unix seconds.
@@ -128,6 +131,7 @@ pub fn mint(req: &TokenRequest, secret: &str, now_unix: u64) -> Result<String, A
         name: req.name.clone(),
         room: req.room.clone(),
         grants: req.grants,
+        region: None,
         exp: now_unix.saturating_add(req.ttl.as_secs()),
         nbf: now_unix,
         iat: now_unix,

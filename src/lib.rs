@@ -6,8 +6,10 @@
 //! I/O-free forwarding core that the actors drive. `client` is a Rust client of the
 //! documented protocol, used by the tests and the load generator.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod ids;
 pub mod load;

@@ -103,13 +103,6 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     init_logging(&config.log.level);
-    if !config.cluster.etcd_endpoints.is_empty() {
-        eprintln!(
-            "relais: invalid configuration: cluster.etcd_endpoints: etcd placement is not \
-             available in this version; leave it empty for the embedded placement"
-        );
-        return ExitCode::from(2);
-    }
     if config.auth.keys.is_empty() {
         tracing::warn!(
             "no API keys configured (auth.keys or RELAIS_API_KEYS): every join will be refused"

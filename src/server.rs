@@ -13,15 +13,18 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::auth::{self, AuthError, Grants, TokenRequest, Verifier};
+use crate::cluster::{self, JoinHints, NodeLoad, Placement};
 use crate::config::Config;
 use crate::ids::RoomName;
+use crate::load::procfs;
 use crate::participant::peer::PeerFactory;
 use crate::participant::socket::{self, ReaderLimits};
 use crate::participant::{NodeContext, Participant};
-use crate::room::messages::{CloseAll, CutIdentity, GetRegistryStats};
+use crate::room::messages::{CloseAll, CutIdentity, GetRegistryStats, PlacementNotice};
 use crate::room::registry::RoomRegistry;
 use crate::signal::protocol::{LeaveReason, Limits};
 
@@ -39,25 +42,51 @@ const HARD_FRAME_FACTOR: usize = 16;
 
 /// Runs the node until it is told to stop (SIGINT or SIGTERM).
 ///
-/// On a signal the node stops taking joins, tells every participant it is shutting
-/// down (`leave` with `server_shutdown`), and then stops the HTTP server.
+/// On a signal the node drains: it marks itself draining, moves its rooms away
+/// (in a cluster; a lone node tells everyone it is shutting down), waits for its
+/// participants to go within the drain grace, revokes its lease and stops.
 pub async fn run(config: Config) -> std::io::Result<()> {
-    let (server, addr, state) = start(config)?;
+    let (server, addr, state) = start(config).await?;
     info!(%addr, node = %state.node.node_id, "relais is serving");
     let handle = server.handle();
     let shutdown_state = state.clone();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
-        info!("shutting down");
-        shutdown_state.ready.store(false, Ordering::SeqCst);
-        let close = CloseAll {
-            reason: LeaveReason::ServerShutdown,
-        };
-        let _ = shutdown_state.node.registry.send(close).await;
+        drain(&shutdown_state).await;
         handle.stop(true).await;
     });
     server.await
 }
+
+/// Moves or ends every meeting on this node, then leaves the cluster.
+async fn drain(state: &AppState) {
+    let node = &state.node;
+    let clustered = !state.config.cluster.etcd_endpoints.is_empty();
+    info!(clustered, "draining");
+    node.placement.drain().await;
+    let reason = if clustered {
+        LeaveReason::Migrate
+    } else {
+        LeaveReason::ServerShutdown
+    };
+    let _ = node.registry.send(CloseAll { reason }).await;
+    let deadline = tokio::time::Instant::now() + state.config.cluster.drain_grace;
+    while tokio::time::Instant::now() < deadline {
+        match node.registry.send(GetRegistryStats).await {
+            Ok(stats) if stats.rooms > 0 => {}
+            _ => break,
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    node.placement.leave().await;
+    state.ready.store(false, Ordering::SeqCst);
+    info!("drained; stopping");
+}
+
+/// How often a draining node checks whether its rooms are gone.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How often the node reports its load to the placement.
+const LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -74,12 +103,44 @@ async fn wait_for_signal() {
     }
 }
 
+/// The signaling URL other nodes send clients to.
+fn advertise_url(config: &Config, addr: SocketAddr) -> String {
+    if let Some(url) = &config.cluster.advertise_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() => config
+            .media
+            .public_ip
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        ip => ip,
+    };
+    format!("ws://{}", SocketAddr::new(ip, addr.port()))
+}
+
 /// Binds and starts the server; returns it with its bound address.
-pub fn start(
+pub async fn start(
     config: Config,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr, web::Data<AppState>)> {
-    let registry =
-        RoomRegistry::new(config.room.max_participants, config.room.empty_timeout).start();
+    let listener = std::net::TcpListener::bind(config.http.listen)?;
+    let addr = listener.local_addr()?;
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let placement = cluster::start(&config, advertise_url(&config, addr), events_tx)
+        .await
+        .map_err(std::io::Error::other)?;
+    let registry = RoomRegistry::new(
+        placement.clone(),
+        config.room.max_participants,
+        config.room.empty_timeout,
+    )
+    .start();
+    let notices = registry.clone();
+    actix_web::rt::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            notices.do_send(PlacementNotice { event });
+        }
+    });
+    actix_web::rt::spawn(report_load(registry.clone(), placement.clone()));
     let limits = Limits {
         max_message_bytes: config.signaling.max_message_bytes,
         rate_per_sec: config.signaling.rate_per_sec,
@@ -88,6 +149,7 @@ pub fn start(
     let node = Arc::new(NodeContext {
         node_id: config.node.id.clone(),
         registry,
+        placement,
         peers: PeerFactory::new(config.media.clone()),
         limits,
     });
@@ -107,25 +169,59 @@ pub fn start(
             .route("/readyz", web::get().to(readyz))
             .route("/dev/token", web::get().to(dev_token))
             .route("/dev/disconnect", web::post().to(dev_disconnect))
+            .configure(crate::admin::configure)
             .configure(crate::web::configure)
     })
     .shutdown_timeout(5)
     .disable_signals()
-    .bind(config.http.listen)?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .unwrap_or(config.http.listen);
+    .listen(listener)?;
     let server = server.run();
     state.ready.store(true, Ordering::SeqCst);
     Ok((server, addr, state))
+}
+
+/// Tells the placement how busy this node is, every couple of seconds.
+async fn report_load(registry: Addr<RoomRegistry>, placement: Arc<dyn Placement>) {
+    let ticks = procfs::ticks_per_second();
+    let pid = std::process::id();
+    let mut last = procfs::sample(pid)
+        .ok()
+        .map(|s| (s, tokio::time::Instant::now()));
+    loop {
+        tokio::time::sleep(LOAD_REPORT_INTERVAL).await;
+        let Ok(stats) = registry.send(GetRegistryStats).await else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let sample = procfs::sample(pid).ok();
+        let cpu_ratio = match (last.take(), sample) {
+            (Some((before, at)), Some(after)) => {
+                let cpu = procfs::cpu_between(before, after, ticks);
+                cpu.as_secs_f64() / now.duration_since(at).as_secs_f64().max(1e-3)
+            }
+            _ => 0.0,
+        };
+        last = sample.map(|s| (s, now));
+        placement.report_load(NodeLoad {
+            rooms: stats.rooms as u64,
+            participants: stats.participants,
+            tracks: stats.tracks,
+            cpu_ratio,
+        });
+    }
 }
 
 #[derive(Deserialize)]
 struct RtcQuery {
     room: Option<String>,
     access_token: Option<String>,
+    /// The participant's region, when the token does not say.
+    region: Option<String>,
+    /// Set by clients that follow a `redirect`.
+    #[serde(default)]
+    redirected: Option<String>,
+    /// The owner epoch a `redirect` carried.
+    epoch: Option<i64>,
 }
 
 async fn rtc(
@@ -166,7 +262,13 @@ async fn rtc(
         .aggregate_continuations()
         .max_continuation_size(hard_cap);
     let outbox = socket::spawn_writer(session);
-    let participant = Participant::new(claims, room, state.node.clone(), outbox.clone()).start();
+    let hints = JoinHints {
+        region: claims.region.clone().or_else(|| query.region.clone()),
+        redirected: matches!(query.redirected.as_deref(), Some("1" | "true")),
+        epoch: query.epoch,
+    };
+    let participant =
+        Participant::new(claims, room, hints, state.node.clone(), outbox.clone()).start();
     let reader_limits = ReaderLimits {
         max_message_bytes: limits.max_message_bytes,
         rate_per_sec: limits.rate_per_sec,
@@ -206,18 +308,22 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// Ready: serving, in touch with the cluster store, and the registry answers.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if !state.ready.load(Ordering::SeqCst) {
-        return HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"}));
-    }
-    // A registry that does not answer cannot take joins either.
-    match state.node.registry.send(GetRegistryStats).await {
-        Ok(stats) => HttpResponse::Ok().json(json!({
-            "status": "ready",
-            "node": state.node.node_id,
-            "rooms": stats.rooms,
-        })),
-        Err(_) => HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"})),
+    let status = state.node.placement.status();
+    let stats = state.node.registry.send(GetRegistryStats).await.ok();
+    let ready = state.ready.load(Ordering::SeqCst) && status.ready() && stats.is_some();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "node": state.node.node_id,
+        "state": status.state.as_str(),
+        "store_reachable": status.store_reachable,
+        "rooms": stats.map(|s| s.rooms),
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

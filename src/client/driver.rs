@@ -31,9 +31,13 @@ type Started = (
     Arc<AtomicU64>,
 );
 
-pub(super) async fn start(options: ClientOptions) -> Result<Started, ClientError> {
+/// Connects to `options.url`; `extra_query` (starting with `&`) is appended as is.
+pub(super) async fn start(
+    options: &ClientOptions,
+    extra_query: &str,
+) -> Result<Started, ClientError> {
     let url = format!(
-        "{}/rtc?room={}&access_token={}",
+        "{}/rtc?room={}&access_token={}{extra_query}",
         options.url.trim_end_matches('/'),
         percent_encode(&options.room),
         percent_encode(&options.token)

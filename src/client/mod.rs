@@ -10,6 +10,7 @@ mod driver;
 pub mod lossy;
 pub(crate) mod peer;
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,15 @@ use webrtc::media_stream::track_local::TrackLocal;
 
 use crate::ids::TrackId;
 use crate::signal::protocol::{ClientMessage, ServerMessage, TrackKind, TrackSource};
+
+/// Redirects followed before `connect` gives up.
+pub const MAX_REDIRECTS: usize = 4;
+/// How long `connect` waits for the answer to `join` before handing the client over.
+const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// First and longest pause between attempts of [`Client::connect_retrying`].
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How to reach and join a node.
 #[derive(Debug, Clone)]
@@ -118,6 +128,8 @@ pub struct Client {
     events: mpsc::UnboundedReceiver<ClientEvent>,
     /// Incoming RTP packets dropped by fault injection.
     dropped: Arc<AtomicU64>,
+    /// Events read while `connect` waited for the answer to `join`.
+    pending: VecDeque<ClientEvent>,
 }
 
 /// A track this client publishes.
@@ -156,13 +168,106 @@ impl LocalTrack {
 
 impl Client {
     /// Opens the socket (the token is checked before upgrade) and sends `join`.
+    ///
+    /// A `redirect` before `joined` is followed: the client reconnects to the
+    /// node named, up to [`MAX_REDIRECTS`] times. Events seen while waiting for
+    /// the answer to `join` stay queued for [`next_event`](Self::next_event).
     pub async fn connect(options: ClientOptions) -> Result<Client, ClientError> {
-        let (commands, events, dropped) = driver::start(options).await?;
-        Ok(Client {
-            commands,
-            events,
-            dropped,
-        })
+        let mut options = options;
+        let mut extra = String::new();
+        for _ in 0..=MAX_REDIRECTS {
+            let (commands, events, dropped) = driver::start(&options, &extra).await?;
+            let mut client = Client {
+                commands,
+                events,
+                dropped,
+                pending: VecDeque::new(),
+            };
+            match client.await_join_answer().await {
+                Some((url, epoch)) => {
+                    client.close();
+                    options.url = url;
+                    extra = match epoch {
+                        Some(epoch) => format!("&redirected=1&epoch={epoch}"),
+                        None => "&redirected=1".to_owned(),
+                    };
+                }
+                None => return Ok(client),
+            }
+        }
+        Err(ClientError::Connect("too many redirects".to_owned()))
+    }
+
+    /// Connects and joins, trying `options.url` and then each of `fallbacks` in
+    /// turn until a node answers `joined` or `within` has passed.
+    ///
+    /// This is how a client rides out a node's death or a cluster hiccup: a
+    /// refused socket, a redirect to a node that is gone, or a retryable refusal
+    /// of `join` (`cluster_unavailable`, `node_fenced`, `no_node_available`) is
+    /// followed by a short backoff and the next URL. The returned client's next
+    /// event is `joined`.
+    pub async fn connect_retrying(
+        options: ClientOptions,
+        fallbacks: &[String],
+        within: Duration,
+    ) -> Result<Client, ClientError> {
+        let deadline = Instant::now() + within;
+        let urls: Vec<String> = std::iter::once(options.url.clone())
+            .chain(fallbacks.iter().cloned())
+            .collect();
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut last_error = ClientError::Timeout("joined");
+        for url in urls.iter().cycle() {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let attempt = ClientOptions {
+                url: url.clone(),
+                ..options.clone()
+            };
+            match tokio::time::timeout_at(deadline, Client::connect(attempt)).await {
+                Ok(Ok(client)) => match client.pending.front() {
+                    Some(ClientEvent::Server(ServerMessage::Joined { .. })) => return Ok(client),
+                    Some(ClientEvent::Server(ServerMessage::Error(body))) if !body.retryable() => {
+                        return Err(ClientError::Refused {
+                            status: 200,
+                            body: body.message.clone(),
+                        })
+                    }
+                    _ => client.close(),
+                },
+                Ok(Err(e)) => last_error = e,
+                Err(_) => break,
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        }
+        Err(last_error)
+    }
+
+    /// Queues events until the server answers `join`; returns a redirect, if any.
+    async fn await_join_answer(&mut self) -> Option<(String, Option<i64>)> {
+        let deadline = Instant::now() + JOIN_ANSWER_WAIT;
+        while let Some(event) = timeout_at(deadline, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+        {
+            match event {
+                ClientEvent::Server(ServerMessage::Redirect { url, epoch, .. }) => {
+                    return Some((url, epoch))
+                }
+                answer @ (ClientEvent::Server(ServerMessage::Joined { .. })
+                | ClientEvent::Server(ServerMessage::Error(_))
+                | ClientEvent::Closed) => {
+                    self.pending.push_back(answer);
+                    return None;
+                }
+                other => self.pending.push_back(other),
+            }
+        }
+        None
     }
 
     pub fn send(&self, message: ClientMessage) -> Result<(), ClientError> {
@@ -214,6 +319,9 @@ impl Client {
 
     /// The next event, or `None` at the deadline or once the client has stopped.
     pub async fn next_event(&mut self, deadline: Instant) -> Option<ClientEvent> {
+        if let Some(event) = self.pending.pop_front() {
+            return Some(event);
+        }
         timeout_at(deadline, self.events.recv())
             .await
             .ok()

@@ -42,6 +42,21 @@ const ENV_VARS: &[EnvVar] = &[
         "comma-separated endpoints",
     ),
     env_var(
+        "RELAIS_ADVERTISE_URL",
+        &["cluster.advertise_url"],
+        "a ws:// or wss:// URL, or empty",
+    ),
+    env_var(
+        "RELAIS_LEASE_TTL_SECS",
+        &["cluster.lease_ttl_secs"],
+        "whole seconds",
+    ),
+    env_var(
+        "RELAIS_DRAIN_GRACE_SECS",
+        &["cluster.drain_grace_secs"],
+        "whole seconds",
+    ),
+    env_var(
         "RELAIS_API_KEYS",
         &["auth.keys"],
         "key:secret pairs separated by commas",
@@ -125,6 +140,14 @@ impl Config {
             "RELAIS_MEDIA_PUBLIC_IP" if value.is_empty() => self.media.public_ip = None,
             "RELAIS_MEDIA_PUBLIC_IP" => self.media.public_ip = Some(parse_env(var, value)?),
             "RELAIS_ETCD_ENDPOINTS" => self.cluster.etcd_endpoints = parse_list(value),
+            "RELAIS_ADVERTISE_URL" if value.is_empty() => self.cluster.advertise_url = None,
+            "RELAIS_ADVERTISE_URL" => self.cluster.advertise_url = Some(value.to_owned()),
+            "RELAIS_LEASE_TTL_SECS" => {
+                self.cluster.lease_ttl = Duration::from_secs(parse_env(var, value)?);
+            }
+            "RELAIS_DRAIN_GRACE_SECS" => {
+                self.cluster.drain_grace = Duration::from_secs(parse_env(var, value)?);
+            }
             "RELAIS_API_KEYS" => self.auth.keys = parse_keys(var, value)?,
             "RELAIS_DEV_MODE" => self.auth.dev_mode = parse_bool(var, value)?,
             "RELAIS_ROOM_EMPTY_TIMEOUT_SECS" => {

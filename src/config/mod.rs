@@ -186,11 +186,35 @@ impl MediaConfig {
 }
 
 /// `[cluster]`: cluster placement.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// etcd endpoints; empty selects embedded (single-node) placement.
     pub etcd_endpoints: Vec<String>,
+    /// Prefix of every key relais writes in etcd; defaults to `/relais`.
+    pub prefix: String,
+    /// Lifetime of the node's lease; TOML key `lease_ttl_secs`, 2 to 60, default 5.
+    #[serde(rename = "lease_ttl_secs", deserialize_with = "duration_from_secs")]
+    pub lease_ttl: Duration,
+    /// How long a draining node waits for its participants to move before it
+    /// exits anyway; TOML key `drain_grace_secs`, default 30.
+    #[serde(rename = "drain_grace_secs", deserialize_with = "duration_from_secs")]
+    pub drain_grace: Duration,
+    /// Signaling URL other nodes send clients to, e.g. `ws://10.0.0.5:7880`;
+    /// default: `ws://` and the bound HTTP address.
+    pub advertise_url: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            etcd_endpoints: Vec::new(),
+            prefix: "/relais".to_owned(),
+            lease_ttl: Duration::from_secs(5),
+            drain_grace: Duration::from_secs(30),
+            advertise_url: None,
+        }
+    }
 }
 
 /// `[auth]`: API keys that sign access tokens.
@@ -372,6 +396,29 @@ impl Config {
                 "cluster.etcd_endpoints",
                 "endpoints must be non-empty and contain no whitespace",
             ));
+        }
+        let ttl = self.cluster.lease_ttl.as_secs();
+        if !(2..=60).contains(&ttl) {
+            return Err(invalid(
+                "cluster.lease_ttl_secs",
+                "must be between 2 and 60",
+            ));
+        }
+        let prefix = &self.cluster.prefix;
+        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains(char::is_whitespace)
+        {
+            return Err(invalid(
+                "cluster.prefix",
+                "must start with '/', not end with '/', and contain no whitespace",
+            ));
+        }
+        if let Some(url) = &self.cluster.advertise_url {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(invalid(
+                    "cluster.advertise_url",
+                    "must be a ws:// or wss:// URL",
+                ));
+            }
         }
         Ok(())
     }

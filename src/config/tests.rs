@@ -226,6 +226,36 @@ fn env_etcd_endpoints() {
 }
 
 #[test]
+fn env_cluster_settings() {
+    let config = with_env(&[
+        ("RELAIS_ADVERTISE_URL", "wss://par-1.example.org"),
+        ("RELAIS_LEASE_TTL_SECS", "3"),
+        ("RELAIS_DRAIN_GRACE_SECS", "0"),
+    ])
+    .expect("ok");
+    assert_eq!(
+        config.cluster.advertise_url.as_deref(),
+        Some("wss://par-1.example.org")
+    );
+    assert_eq!(config.cluster.lease_ttl, Duration::from_secs(3));
+    assert_eq!(config.cluster.drain_grace, Duration::ZERO);
+    let unset = with_env(&[("RELAIS_ADVERTISE_URL", "")]).expect("ok");
+    assert_eq!(unset.cluster.advertise_url, None);
+}
+
+#[test]
+fn refuses_bad_cluster_settings() {
+    assert!(refused("[cluster]\nlease_ttl_secs = 1\n").contains("cluster.lease_ttl_secs"));
+    assert!(refused("[cluster]\nlease_ttl_secs = 61\n").contains("cluster.lease_ttl_secs"));
+    assert!(refused("[cluster]\nprefix = \"relais\"\n").contains("cluster.prefix"));
+    assert!(refused("[cluster]\nprefix = \"/relais/\"\n").contains("cluster.prefix"));
+    let url = refused("[cluster]\nadvertise_url = \"http://a:7880\"\n");
+    assert!(url.contains("cluster.advertise_url"), "{url}");
+    let env = refused_env(&[("RELAIS_LEASE_TTL_SECS", "soon")]);
+    assert!(env.contains("RELAIS_LEASE_TTL_SECS"), "{env}");
+}
+
+#[test]
 fn env_api_keys_replace_file_keys() {
     let text = format!("[auth.keys]\nold = \"{SECRET}\"\n");
     let value = format!("k1:{SECRET},k2:{SECRET}:x");

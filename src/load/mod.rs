@@ -27,7 +27,7 @@ mod live;
 mod participant;
 mod payload;
 mod plan;
-mod procfs;
+pub(crate) mod procfs;
 mod report;
 mod scenario;
 mod session;

@@ -25,11 +25,12 @@ use tracing::{debug, info, warn};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
 use crate::auth::Claims;
+use crate::cluster::{Admission, Epoch, JoinHints, Placement, PlacementError};
 use crate::ids::{ParticipantId, RoomName};
 use crate::media::uptrack::UpTrackHandle;
 use crate::participant::peer::{PeerEvent, PeerFactory};
 use crate::participant::socket::{Inbound, Outbox};
-use crate::room::messages::{Join, JoinRefused, Leave, OpenRoom, RoomEvent};
+use crate::room::messages::{Join, JoinRefused, Leave, OpenRefused, OpenRoom, RoomEvent};
 use crate::room::registry::RoomRegistry;
 use crate::room::room::Room;
 use crate::signal::protocol::{
@@ -45,6 +46,7 @@ use subscriptions::Subscription;
 pub struct NodeContext {
     pub node_id: String,
     pub registry: Addr<RoomRegistry>,
+    pub placement: Arc<dyn Placement>,
     pub peers: PeerFactory,
     pub limits: Limits,
 }
@@ -53,6 +55,8 @@ pub struct Participant {
     id: ParticipantId,
     claims: Claims,
     room_name: RoomName,
+    /// What placement needs to know about where the client came from.
+    hints: JoinHints,
     node: Arc<NodeContext>,
     outbox: Outbox,
     /// Set once the room accepted the join.
@@ -76,6 +80,7 @@ impl Participant {
     pub fn new(
         claims: Claims,
         room_name: RoomName,
+        hints: JoinHints,
         node: Arc<NodeContext>,
         outbox: Outbox,
     ) -> Self {
@@ -83,6 +88,7 @@ impl Participant {
             id: ParticipantId::random(),
             claims,
             room_name,
+            hints,
             node,
             outbox,
             room: None,
@@ -151,37 +157,49 @@ impl Participant {
             return self.send_error(ErrorCode::AlreadyJoined, "already joined", "join");
         }
         self.auto_subscribe = auto_subscribe;
-        let registry = self.node.registry.clone();
+        let node = self.node.clone();
         let name = self.room_name.clone();
+        let hints = self.hints.clone();
         let info = self.info();
         let events = ctx.address().recipient();
-        let fut = async move {
-            // One retry: the room may close between lookup and join.
-            for _ in 0..2 {
-                let room = registry.send(OpenRoom { name: name.clone() }).await?;
-                let join = Join {
-                    info: info.clone(),
-                    events: events.clone(),
-                };
-                match room.send(join).await? {
-                    Err(JoinRefused::Closed) => continue,
-                    other => return Ok((room, other)),
-                }
-            }
-            Err(MailboxError::Closed)
-        };
+        let fut = async move { enter(&node, &name, &hints, info, events).await };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok((room, Ok(accepted))) => act.joined(room, accepted, ctx),
-            Ok((_, Err(JoinRefused::Full))) => {
-                act.send_error(ErrorCode::RoomFull, "the room is full", "join");
-                act.close_socket(LeaveReason::RoomFull);
+            Ok(Entered::Here(room, accepted)) => act.joined(room, accepted, ctx),
+            Ok(Entered::Elsewhere { url, node, epoch }) => {
+                info!(room = %act.room_name, participant = %act.id, %node, "redirected");
+                act.send(ServerMessage::Redirect { url, node, epoch });
+                act.outbox.close(CloseCode::Normal, "redirected");
+                act.left = true;
                 ctx.stop();
             }
-            Ok((_, Err(JoinRefused::Closed))) | Err(_) => {
-                act.send_error(ErrorCode::Internal, "the room could not be joined", "join");
-                ctx.stop();
-            }
+            Err(refusal) => act.refuse_join(refusal, ctx),
         }));
+    }
+
+    fn refuse_join(&mut self, refusal: Refusal, ctx: &mut Context<Self>) {
+        let (code, message) = match refusal {
+            Refusal::Full => (ErrorCode::RoomFull, "the room is full".to_owned()),
+            Refusal::Placement(e) => {
+                let code = match e {
+                    PlacementError::Unavailable(_) => ErrorCode::ClusterUnavailable,
+                    PlacementError::Fenced => ErrorCode::NodeFenced,
+                    PlacementError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+                    _ => ErrorCode::NoNodeAvailable,
+                };
+                (code, e.to_string())
+            }
+            Refusal::Internal => (ErrorCode::Internal, "the room could not be joined".into()),
+        };
+        warn!(room = %self.room_name, participant = %self.id, code = code.as_str(),
+            %message, "join refused");
+        self.send_error(code, message, "join");
+        let reason = match code {
+            ErrorCode::RoomFull => LeaveReason::RoomFull,
+            _ => LeaveReason::Disconnected,
+        };
+        self.close_socket(reason);
+        self.left = true;
+        ctx.stop();
     }
 
     fn joined(
@@ -420,4 +438,68 @@ impl Handler<PeerEvent> for Participant {
             PeerEvent::Track(remote) => self.on_remote_track(remote, ctx),
         }
     }
+}
+
+/// Where a join ended up.
+enum Entered {
+    Here(Addr<Room>, crate::room::messages::JoinAccepted),
+    Elsewhere {
+        url: String,
+        node: String,
+        epoch: Option<Epoch>,
+    },
+}
+
+enum Refusal {
+    Full,
+    Placement(PlacementError),
+    Internal,
+}
+
+/// Attempts before a join gives up on a room that keeps closing under it.
+const ENTER_ATTEMPTS: usize = 5;
+/// Pause before asking the placement again about a room being released.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Asks the placement where the room is served and, when here, joins it.
+async fn enter(
+    node: &NodeContext,
+    name: &RoomName,
+    hints: &JoinHints,
+    info: ParticipantInfo,
+    events: Recipient<RoomEvent>,
+) -> Result<Entered, Refusal> {
+    for _ in 0..ENTER_ATTEMPTS {
+        let epoch = match node.placement.admit(name, hints).await {
+            Ok(Admission::Here { epoch }) => epoch,
+            Ok(Admission::Redirect { node, url, epoch }) => {
+                return Ok(Entered::Elsewhere { url, node, epoch })
+            }
+            Err(e) => return Err(Refusal::Placement(e)),
+        };
+        let open = OpenRoom {
+            name: name.clone(),
+            epoch,
+        };
+        let room = match node.registry.send(open).await {
+            Ok(Ok(room)) => room,
+            Ok(Err(OpenRefused::Releasing)) => {
+                tokio::time::sleep(RELEASE_WAIT).await;
+                continue;
+            }
+            Err(_) => return Err(Refusal::Internal),
+        };
+        let join = Join {
+            info: info.clone(),
+            events: events.clone(),
+        };
+        match room.send(join).await {
+            Ok(Ok(accepted)) => return Ok(Entered::Here(room, accepted)),
+            Ok(Err(JoinRefused::Full)) => return Err(Refusal::Full),
+            Ok(Err(JoinRefused::Fenced)) => return Err(Refusal::Placement(PlacementError::Fenced)),
+            // The room closed between lookup and join: ask again.
+            Ok(Err(JoinRefused::Closed)) | Err(_) => continue,
+        }
+    }
+    Err(Refusal::Internal)
 }

@@ -2,16 +2,76 @@
 
 use actix::{Addr, Message, Recipient};
 
+use crate::cluster::{Epoch, PlacementEvent, RoomSummary};
 use crate::ids::{ParticipantId, RoomName, TrackId};
 use crate::media::uptrack::UpTrackHandle;
 use crate::room::room::Room;
 use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo};
 
 /// Asks the registry for the room's actor, creating the room if needed.
+///
+/// `epoch` is the ownership the placement just granted; a new room starts with it.
 #[derive(Message)]
-#[rtype(result = "Addr<Room>")]
+#[rtype(result = "Result<Addr<Room>, OpenRefused>")]
 pub struct OpenRoom {
     pub name: RoomName,
+    pub epoch: Epoch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenRefused {
+    /// The room just closed here and its ownership is being released: ask the
+    /// placement again in a moment.
+    #[error("the room is being released")]
+    Releasing,
+}
+
+/// The room actor, if the room is open on this node.
+#[derive(Message)]
+#[rtype(result = "Option<Addr<Room>>")]
+pub struct LookupRoom {
+    pub name: RoomName,
+}
+
+/// A room's membership or tracks changed; the registry keeps the node's totals.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomChanged {
+    pub name: RoomName,
+    pub summary: RoomSummary,
+}
+
+/// Something the placement decided about a room open here.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PlacementNotice {
+    pub event: PlacementEvent,
+}
+
+/// The room's ownership was renewed under a new epoch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetEpoch {
+    pub epoch: Epoch,
+}
+
+/// Everything about a room, for the operations API.
+#[derive(Message)]
+#[rtype(result = "RoomDetail")]
+pub struct GetRoomDetail;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomDetail {
+    pub room: String,
+    pub epoch: Epoch,
+    pub participants: Vec<ParticipantInfo>,
+}
+
+/// An operator removes every session of an identity; answers how many.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct RemoveIdentity {
+    pub identity: String,
 }
 
 /// A room tells the registry it has closed.
@@ -30,6 +90,8 @@ pub struct GetRegistryStats;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RegistryStats {
     pub rooms: usize,
+    pub participants: u64,
+    pub tracks: u64,
 }
 
 /// Closes every room, telling participants why.
@@ -69,6 +131,8 @@ pub enum JoinRefused {
     Full,
     #[error("the room has closed")]
     Closed,
+    #[error("this node cannot renew its cluster lease")]
+    Fenced,
 }
 
 /// A participant leaves (or was lost).

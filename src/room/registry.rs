@@ -3,28 +3,72 @@
 //! Rooms are opened on the first join and report back when they close; the
 //! registry forgets a room only if the closing actor is the one it knows, so a
 //! room reopened under the same name is never dropped by its predecessor's exit.
+//!
+//! The registry is also where ownership ends: when a room closes, the registry
+//! releases it through the placement and refuses to reopen it until the release
+//! is done. A join admitted just before the close asks the placement again and
+//! gets a fresh epoch, instead of landing in a room nobody owns any more.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::cluster::{Epoch, Placement, PlacementEvent, RoomSummary};
 use crate::ids::RoomName;
 use crate::room::messages::*;
-use crate::room::room::Room;
+use crate::room::room::{Room, RoomSettings};
+use crate::signal::protocol::LeaveReason;
+
+struct OpenRoomEntry {
+    room: Addr<Room>,
+    epoch: Epoch,
+    summary: RoomSummary,
+    /// Another node owns the room now: close it without releasing anything.
+    lost: bool,
+}
 
 pub struct RoomRegistry {
-    rooms: HashMap<RoomName, Addr<Room>>,
+    rooms: HashMap<RoomName, OpenRoomEntry>,
+    /// Rooms closed here whose ownership is being released.
+    releasing: HashSet<RoomName>,
+    placement: Arc<dyn Placement>,
     max_participants: usize,
     empty_timeout: Duration,
 }
 
+/// The release of a room finished; it may be opened again.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Released {
+    name: RoomName,
+}
+
 impl RoomRegistry {
-    pub fn new(max_participants: usize, empty_timeout: Duration) -> Self {
+    pub fn new(
+        placement: Arc<dyn Placement>,
+        max_participants: usize,
+        empty_timeout: Duration,
+    ) -> Self {
         Self {
             rooms: HashMap::new(),
+            releasing: HashSet::new(),
+            placement,
             max_participants,
             empty_timeout,
+        }
+    }
+
+    fn settings(&self, name: RoomName, epoch: Epoch, registry: Addr<Self>) -> RoomSettings {
+        RoomSettings {
+            name,
+            epoch,
+            registry,
+            placement: self.placement.clone(),
+            gate: self.placement.gate(),
+            max_participants: self.max_participants,
+            empty_timeout: self.empty_timeout,
         }
     }
 }
@@ -37,28 +81,94 @@ impl Handler<OpenRoom> for RoomRegistry {
     type Result = MessageResult<OpenRoom>;
 
     fn handle(&mut self, msg: OpenRoom, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(room) = self.rooms.get(&msg.name).filter(|r| r.connected()) {
-            return MessageResult(room.clone());
+        if let Some(entry) = self.rooms.get(&msg.name).filter(|e| e.room.connected()) {
+            return MessageResult(Ok(entry.room.clone()));
         }
-        let room = Room::new(
-            msg.name.clone(),
-            ctx.address(),
-            self.max_participants,
-            self.empty_timeout,
-        )
-        .start();
-        self.rooms.insert(msg.name, room.clone());
-        MessageResult(room)
+        if self.releasing.contains(&msg.name) {
+            return MessageResult(Err(OpenRefused::Releasing));
+        }
+        let settings = self.settings(msg.name.clone(), msg.epoch, ctx.address());
+        let room = Room::new(settings).start();
+        let entry = OpenRoomEntry {
+            room: room.clone(),
+            epoch: msg.epoch,
+            summary: RoomSummary::default(),
+            lost: false,
+        };
+        self.rooms.insert(msg.name, entry);
+        MessageResult(Ok(room))
     }
 }
 
 impl Handler<RoomClosed> for RoomRegistry {
     type Result = ();
 
-    fn handle(&mut self, msg: RoomClosed, _ctx: &mut Self::Context) {
-        if self.rooms.get(&msg.name) == Some(&msg.room) {
-            self.rooms.remove(&msg.name);
+    fn handle(&mut self, msg: RoomClosed, ctx: &mut Self::Context) {
+        if self.rooms.get(&msg.name).map(|e| &e.room) != Some(&msg.room) {
+            return;
         }
+        let Some(entry) = self.rooms.remove(&msg.name) else {
+            return;
+        };
+        if entry.lost {
+            return;
+        }
+        self.releasing.insert(msg.name.clone());
+        let placement = self.placement.clone();
+        let registry = ctx.address();
+        actix::spawn(async move {
+            placement.release(&msg.name, entry.epoch).await;
+            registry.do_send(Released { name: msg.name });
+        });
+    }
+}
+
+impl Handler<Released> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Released, _ctx: &mut Self::Context) {
+        self.releasing.remove(&msg.name);
+    }
+}
+
+impl Handler<RoomChanged> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomChanged, _ctx: &mut Self::Context) {
+        if let Some(entry) = self.rooms.get_mut(&msg.name) {
+            entry.summary = msg.summary;
+        }
+    }
+}
+
+impl Handler<PlacementNotice> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: PlacementNotice, _ctx: &mut Self::Context) {
+        match msg.event {
+            PlacementEvent::RoomLost { room } => {
+                if let Some(entry) = self.rooms.get_mut(&room) {
+                    entry.lost = true;
+                    entry.room.do_send(CloseAll {
+                        reason: LeaveReason::Migrate,
+                    });
+                }
+            }
+            PlacementEvent::RoomEpoch { room, epoch } => {
+                if let Some(entry) = self.rooms.get_mut(&room) {
+                    entry.epoch = epoch;
+                    entry.room.do_send(SetEpoch { epoch });
+                }
+            }
+        }
+    }
+}
+
+impl Handler<LookupRoom> for RoomRegistry {
+    type Result = Option<Addr<Room>>;
+
+    fn handle(&mut self, msg: LookupRoom, _ctx: &mut Self::Context) -> Self::Result {
+        self.rooms.get(&msg.name).map(|e| e.room.clone())
     }
 }
 
@@ -66,8 +176,11 @@ impl Handler<GetRegistryStats> for RoomRegistry {
     type Result = MessageResult<GetRegistryStats>;
 
     fn handle(&mut self, _msg: GetRegistryStats, _ctx: &mut Self::Context) -> Self::Result {
+        let summaries = self.rooms.values().map(|e| &e.summary);
         MessageResult(RegistryStats {
             rooms: self.rooms.len(),
+            participants: summaries.clone().map(|s| s.participants).sum(),
+            tracks: summaries.map(|s| s.tracks).sum(),
         })
     }
 }
@@ -76,8 +189,8 @@ impl Handler<CloseAll> for RoomRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: CloseAll, _ctx: &mut Self::Context) {
-        for room in self.rooms.values() {
-            room.do_send(msg);
+        for entry in self.rooms.values() {
+            entry.room.do_send(msg);
         }
     }
 }
@@ -86,7 +199,7 @@ impl Handler<CutIdentity> for RoomRegistry {
     type Result = ResponseFuture<usize>;
 
     fn handle(&mut self, msg: CutIdentity, _ctx: &mut Self::Context) -> Self::Result {
-        let room = self.rooms.get(&msg.room).cloned();
+        let room = self.rooms.get(&msg.room).map(|e| e.room.clone());
         Box::pin(async move {
             match room {
                 Some(room) => room.send(msg).await.unwrap_or(0),

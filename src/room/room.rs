@@ -7,11 +7,13 @@
 //! closes after the configured grace period, unless someone joins in time.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tracing::{debug, info};
 
+use crate::cluster::{Epoch, FenceGate, Placement, RoomSummary};
 use crate::ids::{ParticipantId, RoomName, TrackId};
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::room::messages::*;
@@ -28,35 +30,83 @@ struct Published {
     handle: UpTrackHandle,
 }
 
+/// What a room is opened with.
+pub struct RoomSettings {
+    pub name: RoomName,
+    /// The ownership epoch the placement granted for this room.
+    pub epoch: Epoch,
+    pub registry: Addr<RoomRegistry>,
+    pub placement: Arc<dyn Placement>,
+    /// Checked before every join: a fenced node admits nobody.
+    pub gate: Arc<FenceGate>,
+    pub max_participants: usize,
+    pub empty_timeout: Duration,
+}
+
 pub struct Room {
     name: RoomName,
+    epoch: Epoch,
     registry: Addr<RoomRegistry>,
+    placement: Arc<dyn Placement>,
+    gate: Arc<FenceGate>,
     max_participants: usize,
     empty_timeout: Duration,
     members: BTreeMap<ParticipantId, Member>,
     tracks: BTreeMap<TrackId, Published>,
     /// Bumped on every join, so a pending close timer knows it is stale.
     generation: u64,
+    /// A summary for the placement is scheduled; changes until then ride along.
+    summary_pending: bool,
     closed: bool,
 }
 
+/// Changes within this window are published as one summary.
+const SUMMARY_DELAY: Duration = Duration::from_millis(250);
+
 impl Room {
-    pub fn new(
-        name: RoomName,
-        registry: Addr<RoomRegistry>,
-        max_participants: usize,
-        empty_timeout: Duration,
-    ) -> Self {
+    pub fn new(settings: RoomSettings) -> Self {
         Self {
-            name,
-            registry,
-            max_participants,
-            empty_timeout,
+            name: settings.name,
+            epoch: settings.epoch,
+            registry: settings.registry,
+            placement: settings.placement,
+            gate: settings.gate,
+            max_participants: settings.max_participants,
+            empty_timeout: settings.empty_timeout,
             members: BTreeMap::new(),
             tracks: BTreeMap::new(),
             generation: 0,
+            summary_pending: false,
             closed: false,
         }
+    }
+
+    fn summary(&self) -> RoomSummary {
+        RoomSummary {
+            participants: self.members.len() as u64,
+            tracks: self.tracks.len() as u64,
+        }
+    }
+
+    /// Publishes the membership totals soon, once for a burst of changes.
+    fn summary_changed(&mut self, ctx: &mut Context<Self>) {
+        if self.summary_pending || self.closed {
+            return;
+        }
+        self.summary_pending = true;
+        ctx.run_later(SUMMARY_DELAY, |room, _ctx| {
+            room.summary_pending = false;
+            if room.closed {
+                return;
+            }
+            let summary = room.summary();
+            room.registry.do_send(RoomChanged {
+                name: room.name.clone(),
+                summary: summary.clone(),
+            });
+            let (placement, name, epoch) = (room.placement.clone(), room.name.clone(), room.epoch);
+            actix::spawn(async move { placement.publish_room(&name, epoch, summary).await });
+        });
     }
 
     fn broadcast(&self, event: RoomEvent, except: Option<&ParticipantId>) {
@@ -183,10 +233,14 @@ impl Actor for Room {
 impl Handler<Join> for Room {
     type Result = Result<JoinAccepted, JoinRefused>;
 
-    fn handle(&mut self, msg: Join, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
         if self.closed {
             return Err(JoinRefused::Closed);
         }
+        if !self.gate.is_open_now() {
+            return Err(JoinRefused::Fenced);
+        }
+        self.summary_changed(ctx);
         self.evict_identity(&msg.info.identity);
         if self.members.len() >= self.max_participants {
             return Err(JoinRefused::Full);
@@ -221,6 +275,7 @@ impl Handler<Leave> for Room {
 
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
         self.remove_member(&msg.participant_id, msg.reason);
+        self.summary_changed(ctx);
         self.schedule_close(ctx);
     }
 }
@@ -228,7 +283,8 @@ impl Handler<Leave> for Room {
 impl Handler<PublishTrack> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: PublishTrack, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: PublishTrack, ctx: &mut Self::Context) {
+        self.summary_changed(ctx);
         // A track that lost the race with its publisher's departure is stopped at once.
         if !self.members.contains_key(&msg.info.participant_id) {
             msg.handle.send(UpTrackCommand::Stop);
@@ -252,7 +308,8 @@ impl Handler<PublishTrack> for Room {
 impl Handler<UnpublishTrack> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: UnpublishTrack, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: UnpublishTrack, ctx: &mut Self::Context) {
+        self.summary_changed(ctx);
         let owned = self
             .tracks
             .get(&msg.track_id)
@@ -310,5 +367,56 @@ impl Handler<CutIdentity> for Room {
             .filter(|m| m.info.identity == msg.identity);
         cut.map(|member| member.events.do_send(RoomEvent::Cut))
             .count()
+    }
+}
+
+impl Handler<SetEpoch> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetEpoch, ctx: &mut Self::Context) {
+        info!(room = %self.name, old = self.epoch, epoch = msg.epoch, "room epoch renewed");
+        self.epoch = msg.epoch;
+        self.summary_changed(ctx);
+    }
+}
+
+impl Handler<GetRoomDetail> for Room {
+    type Result = MessageResult<GetRoomDetail>;
+
+    fn handle(&mut self, _msg: GetRoomDetail, _ctx: &mut Self::Context) -> Self::Result {
+        let participants = self
+            .members
+            .keys()
+            .filter_map(|id| self.snapshot_of(id))
+            .collect();
+        MessageResult(RoomDetail {
+            room: self.name.to_string(),
+            epoch: self.epoch,
+            participants,
+        })
+    }
+}
+
+impl Handler<RemoveIdentity> for Room {
+    type Result = usize;
+
+    fn handle(&mut self, msg: RemoveIdentity, ctx: &mut Self::Context) -> usize {
+        let removed: Vec<ParticipantId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.info.identity == msg.identity)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &removed {
+            if let Some(member) = self.members.get(id) {
+                member.events.do_send(RoomEvent::Kick {
+                    reason: LeaveReason::Removed,
+                });
+            }
+            self.remove_member(id, LeaveReason::Removed);
+        }
+        self.summary_changed(ctx);
+        self.schedule_close(ctx);
+        removed.len()
     }
 }

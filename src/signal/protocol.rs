@@ -122,6 +122,14 @@ pub enum ServerMessage {
     Leave {
         reason: LeaveReason,
     },
+    /// Another node serves this room: reconnect there, with the same room and
+    /// token plus `redirected=1` and `epoch` (when given). The socket closes after.
+    Redirect {
+        url: String,
+        node: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<i64>,
+    },
 }
 
 /// A trickled ICE candidate, shaped like the browser's `RTCIceCandidateInit`.
@@ -197,6 +205,10 @@ pub enum LeaveReason {
     RoomFull,
     /// The room was closed.
     RoomClosed,
+    /// The room moves to another node: reconnect at once to the same URL.
+    Migrate,
+    /// An operator removed this participant.
+    Removed,
 }
 
 /// Limits the server enforces on this socket, announced in `joined`.
@@ -249,6 +261,14 @@ pub enum ErrorCode {
     RoomFull,
     /// Something failed on the server; the session goes on.
     Internal,
+    /// The node cannot reach the cluster store; retry the join shortly.
+    ClusterUnavailable,
+    /// The node lost its cluster lease and admits nobody; retry shortly.
+    NodeFenced,
+    /// No node can take the room right now (all draining or unreachable).
+    NoNodeAvailable,
+    /// The join carried an epoch newer than this node's view of the room.
+    StaleEpoch,
 }
 
 impl ErrorCode {
@@ -269,7 +289,25 @@ impl ErrorCode {
             Self::UnknownTrack => "unknown_track",
             Self::RoomFull => "room_full",
             Self::Internal => "internal",
+            Self::ClusterUnavailable => "cluster_unavailable",
+            Self::NodeFenced => "node_fenced",
+            Self::NoNodeAvailable => "no_node_available",
+            Self::StaleEpoch => "stale_epoch",
         }
+    }
+}
+
+impl ErrorBody {
+    /// A join refused with this error may succeed if tried again shortly.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::ClusterUnavailable
+                | ErrorCode::NodeFenced
+                | ErrorCode::NoNodeAvailable
+                | ErrorCode::StaleEpoch
+                | ErrorCode::Internal
+        )
     }
 }
 

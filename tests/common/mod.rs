@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -143,28 +145,86 @@ impl Node {
 
     /// A plain HTTP request without a body; returns status code and body.
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: relais\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-        (status, body)
+        http_at(&self.addr.to_string(), method, path, None)
     }
 }
 
+/// A plain HTTP/1.1 request without a body to `host`; status 0 when unreachable.
+pub fn http_at(host: &str, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(host) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relais\r\nContent-Length: 0\r\n{auth}\
+         Connection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
 impl Node {
+    /// Starts a cluster node on `etcd` with a short lease; `extra` adds config.
+    pub fn start_clustered(etcd: &str, id: &str, region: &str, extra: &str) -> Node {
+        let config = format!(
+            "[node]\nid = \"{id}\"\nregion = \"{region}\"\n\
+             [cluster]\netcd_endpoints = [\"{etcd}\"]\n{extra}"
+        );
+        Self::start_with(&config)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`KILL`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{name} {pid} failed");
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A token with the admin grant for every room.
+    pub fn admin_token(&self) -> String {
+        let grants = Grants {
+            publish: false,
+            subscribe: false,
+            admin: true,
+        };
+        self.token_with("*", "operator", grants, 600)
+    }
+
+    /// An operations API request with the admin token; the body parsed as JSON.
+    pub fn admin(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let token = self.admin_token();
+        let (status, body) = http_at(&self.addr.to_string(), method, path, Some(&token));
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// Sends SIGTERM and waits up to `within` for the process to exit.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let pid = self.child.id().to_string();

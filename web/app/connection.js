@@ -26,7 +26,9 @@
 //   {type: 'track', mid, track, participantId, trackId, kind}
 //   {type: 'subscribed', mid, trackId}
 //   {type: 'peer-state', state}
-//   {type: 'closed', joined, leaveReason, errorCode}   the socket is gone, once
+//   {type: 'closed', joined, leaveReason, errorCode, redirect}   the socket is gone, once
+//                                      (`redirect` is {url, epoch} when another node
+//                                      serves the room)
 
 import { alignExtmapIds, msidOf, setupOf } from './sdp.js';
 
@@ -38,14 +40,17 @@ const SUBSCRIBE_WITHIN_MS = 5000;
 
 export class Connection {
   /**
-   * @param {{url: string, room: string, token: string, listener: (e: object) => void}} options
+   * @param {{url: string, room: string, token: string, listener: (e: object) => void,
+   *          redirected?: {epoch?: number}}} options; `redirected` when following a
+   *          server's `redirect`
    */
-  constructor({ url, room, token, listener }) {
+  constructor({ url, room, token, listener, redirected }) {
     this.listener = listener;
     this.joined = false;
     this.closed = false;
     this.leaveReason = null;
     this.errorCode = null;
+    this.redirect = null;
     this.queue = Promise.resolve();
     // Local changes wait for an offer; one offer carries all made until it is sent.
     this.needsOffer = false;
@@ -72,6 +77,10 @@ export class Connection {
       this.listener({ type: 'peer-state', state: this.pc.connectionState });
 
     const query = new URLSearchParams({ room, access_token: token });
+    if (redirected) {
+      query.set('redirected', '1');
+      if (redirected.epoch != null) query.set('epoch', String(redirected.epoch));
+    }
     this.socket = new WebSocket(`${url}/rtc?${query}`);
     this.socket.onopen = () => this.send({ type: 'join', auto_subscribe: false });
     this.socket.onmessage = (e) => this.onText(e.data);
@@ -146,6 +155,7 @@ export class Connection {
       joined: this.joined,
       leaveReason: this.leaveReason,
       errorCode: this.errorCode,
+      redirect: this.redirect,
     });
   }
 
@@ -197,6 +207,10 @@ export class Connection {
       case 'leave':
         this.leaveReason = msg.reason;
         break;
+      case 'redirect':
+        // The socket closes next; the meeting reconnects to the node named.
+        this.redirect = { url: msg.url, epoch: msg.epoch };
+        return;
       case 'error':
         this.onError(msg);
         break;

@@ -30,7 +30,15 @@ const FINAL_LEAVES = {
     'disconnected.',
   room_closed: 'The room was closed.',
   protocol_violation: 'The server ended the session after a protocol error.',
+  removed: 'An operator removed you from the meeting.',
 };
+
+/** Join refusals that a later attempt may get past (the cluster is recovering). */
+const RETRYABLE_ERRORS = new Set([
+  'cluster_unavailable', 'node_fenced', 'no_node_available', 'stale_epoch', 'internal',
+]);
+/** Redirects followed in a row before falling back to the usual reconnection. */
+const MAX_REDIRECTS = 4;
 
 export class Meeting {
   /**
@@ -60,6 +68,7 @@ export class Meeting {
     this.conn = null;
     this.reconnects = 0;
     this.attempt = 0;
+    this.redirects = 0;
     this.freshTokenTried = false;
     this.speaker = null;
     this.levels = new Map();
@@ -100,12 +109,14 @@ export class Meeting {
     };
   }
 
-  connect() {
+  /** Opens a session; `redirect` ({url, epoch}) follows a server's redirect. */
+  connect(redirect = null) {
     const conn = new Connection({
-      url: this.url,
+      url: redirect ? redirect.url : this.url,
       room: this.room,
       token: this.token,
       listener: (e) => this.onEvent(conn, e),
+      redirected: redirect ? { epoch: redirect.epoch } : undefined,
     });
     this.conn = conn;
   }
@@ -145,6 +156,7 @@ export class Meeting {
     if (this.state === 'reconnecting') this.reconnects += 1;
     this.state = 'joined';
     this.attempt = 0;
+    this.redirects = 0;
     this.freshTokenTried = false;
     this.participantId = msg.participant.id;
     this.participants.clear();
@@ -229,13 +241,29 @@ export class Meeting {
     }
   }
 
-  async onClosed({ joined, leaveReason, errorCode }) {
+  async onClosed({ joined, leaveReason, errorCode, redirect }) {
     this.conn = null;
     this.remote.clear();
     for (const pub of Object.values(this.publications)) {
       if (pub) pub.serverTrackId = null;
     }
     if (this.state === 'left') return;
+    if (redirect && this.redirects < MAX_REDIRECTS) {
+      // Another node serves the room: go there at once.
+      this.redirects += 1;
+      return this.connect(redirect);
+    }
+    this.redirects = 0;
+    if (leaveReason === 'migrate') {
+      // The room moves to another node: come back at once; placement sends us on.
+      this.state = 'reconnecting';
+      return this.connect();
+    }
+    if (!joined && RETRYABLE_ERRORS.has(errorCode)) {
+      console.warn('relais: join refused for now', { errorCode });
+      this.state = 'reconnecting';
+      return this.scheduleReconnect();
+    }
     if (errorCode === 'room_full') {
       return this.fail(this.reconnects || this.participantId ? 'left' : 'idle',
         'The room is full. Try again later.');
