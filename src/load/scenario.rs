@@ -280,13 +280,13 @@ impl Processes {
     fn read(&mut self, put: impl Fn(&mut ProcReadings, Option<procfs::ProcSample>)) {
         let own = self.generator.iter_mut();
         for readings in self.servers.iter_mut().chain(own) {
-            put(readings, procfs::sample(readings.pid).ok());
+            put(readings, procfs::sample_with_wait(readings.pid).ok());
         }
     }
 }
 
 fn first_reading(pid: u32) -> Result<ProcReadings, LoadError> {
-    let start = procfs::sample(pid).map_err(|e| LoadError::Process {
+    let start = procfs::sample_with_wait(pid).map_err(|e| LoadError::Process {
         pid,
         reason: e.to_string(),
     })?;
