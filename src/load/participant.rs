@@ -65,6 +65,34 @@ struct Outgoing {
     link: Link,
 }
 
+impl Outgoing {
+    /// Sends the frame due now; returns the packets it numbered, sent or not.
+    async fn send_frame(&mut self) -> u64 {
+        let (track, source) = &mut self.video;
+        let packets = source.frame(since_epoch(), track.take_keyframe_request());
+        let count = packets.len() as u64;
+        for packet in packets {
+            // Writes fail until the connection is up; the frame is then simply not sent.
+            if self.link.passes() {
+                let _ = track.write(packet).await;
+            }
+        }
+        count
+    }
+
+    /// Sends the audio packet due now, if there is audio; returns the packets numbered.
+    async fn send_audio(&mut self) -> u64 {
+        let Some((track, source)) = &mut self.audio else {
+            return 0;
+        };
+        let packet = source.packet(since_epoch());
+        if self.link.passes() {
+            let _ = track.write(packet).await;
+        }
+        1
+    }
+}
+
 /// The way from a publisher to the node, with optional loss that no retransmission
 /// can repair: a packet is numbered and counted as sent, then never leaves.
 struct Link {
@@ -186,16 +214,12 @@ async fn exchange(
             changed = phase.changed() => if changed.is_err() { break },
             _ = video_tick.tick(), if sending && has_video => {
                 if let Some(o) = outgoing.as_mut() {
-                    report.sent_video += send_frame(&o.video.0, &mut o.video.1, &mut o.link).await;
+                    report.sent_video += o.send_frame().await;
                 }
             }
             _ = audio_tick.tick(), if sending && has_audio => {
-                if let Some(Outgoing { audio: Some((track, source)), link, .. }) = outgoing.as_mut() {
-                    let packet = source.packet(since_epoch());
-                    if link.passes() {
-                        let _ = track.write(packet).await;
-                    }
-                    report.sent_audio += 1;
+                if let Some(o) = outgoing.as_mut() {
+                    report.sent_audio += o.send_audio().await;
                 }
             }
             event = session.next_event(deadline) => {
@@ -205,16 +229,6 @@ async fn exchange(
             }
         }
     }
-}
-
-async fn send_frame(track: &LocalTrack, source: &mut VideoSource, link: &mut Link) -> u64 {
-    let packets = source.frame(since_epoch(), track.take_keyframe_request());
-    let count = packets.len() as u64;
-    for packet in packets.into_iter().filter(|_| link.passes()) {
-        // Writes fail until the connection is up; the frame is then simply not sent.
-        let _ = track.write(packet).await;
-    }
-    count
 }
 
 /// Handles one client event; false when the client is gone or the deadline passed.
