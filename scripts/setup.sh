@@ -17,6 +17,14 @@ command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing="$missing libprotobuf-dev"
 # Cluster tests start a real etcd on loopback.
 command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
+# The metrics tests run promtool and a real Prometheus; the compose test builds images
+# from etcd, etcdctl, prometheus and promtool, and needs Docker with Compose.
+command -v etcdctl >/dev/null 2>&1 || missing="$missing etcd-client"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v docker >/dev/null 2>&1 || missing="$missing docker.io"
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+    missing="$missing docker-compose"
+fi
 # The benchmark and a load test compare relais with a Janus VideoRoom.
 command -v janus >/dev/null 2>&1 || missing="$missing janus"
 if [ -n "$missing" ]; then

@@ -147,10 +147,35 @@ async fn this_node(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
         .collect();
     let counters = placement.counters();
     let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let cascade = state.node.cascade.as_ref().map(|cascade| {
+        let links = &cascade.links;
+        let peers: Vec<_> = links
+            .peer_counters()
+            .into_iter()
+            .map(|(peer, up, c)| {
+                json!({
+                    "peer": peer,
+                    "up": up,
+                    "packets_sent": count(&c.packets_sent),
+                    "bytes_sent": count(&c.bytes_sent),
+                    "packets_received": count(&c.packets_received),
+                    "bytes_received": count(&c.bytes_received),
+                    "reconnects": count(&c.reconnects),
+                })
+            })
+            .collect();
+        json!({
+            "address": cascade.advertised.to_string(),
+            "links": peers,
+            "auth_failures": count(&links.counters.auth_failures),
+            "garbage_datagrams": count(&links.counters.garbage_datagrams),
+        })
+    });
     Ok(HttpResponse::Ok().json(json!({
         "node": placement.node(),
         "status": placement.status(),
         "owned": rooms,
+        "cascade": cascade,
         "counters": {
             "stale_epoch": count(&counters.stale_epoch),
             "fenced_joins": count(&counters.fenced_joins),
@@ -268,7 +293,7 @@ async fn show_room(
         "epoch": detail.epoch,
         "participants": detail.participants,
         "tracks": tracks,
-        "nodes": [state.node.node_id],
+        "nodes": detail.nodes,
     })))
 }
 

@@ -50,6 +50,12 @@ enum Command {
     },
     /// Join simulated participants to running nodes and measure what they forward.
     Load(relais::load::LoadArgs),
+    /// Exit 0 if an HTTP GET of the URL answers 200, else 1: a container health check
+    /// for images without curl.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:7880/healthz")]
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +63,9 @@ fn main() -> ExitCode {
     // The load generator is a client: it needs no node configuration.
     if let Command::Load(args) = cli.command {
         return relais::load::run(args);
+    }
+    if let Command::Healthcheck { url } = &cli.command {
+        return healthcheck(url);
     }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
@@ -67,7 +76,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve => serve(config),
-        Command::Load(_) => unreachable!("handled before the configuration is read"),
+        Command::Load(_) | Command::Healthcheck { .. } => {
+            unreachable!("handled before the configuration is read")
+        }
         Command::Token {
             room,
             identity,
@@ -135,6 +146,43 @@ fn token(config: &Config, api_key: Option<String>, mut request: TokenRequest) ->
         }
         Err(e) => {
             eprintln!("relais: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET of an `http://host:port/path` URL, with a 5 s budget.
+fn healthcheck(url: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("relais: healthcheck needs an http:// URL");
+        return ExitCode::from(2);
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let timeout = Duration::from_secs(5);
+    let answer = (|| -> std::io::Result<String> {
+        let addr = authority
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match answer {
+        Ok(response) if response.split(' ').nth(1) == Some("200") => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("relais: {url}: {}", response.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("relais: {url}: {e}");
             ExitCode::FAILURE
         }
     }

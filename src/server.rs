@@ -17,14 +17,19 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::auth::{self, AuthError, Grants, TokenRequest, Verifier};
+use crate::cascade::link::{LinkEvent, Links};
+use crate::cascade::Cascade;
 use crate::cluster::{self, JoinHints, NodeLoad, Placement};
 use crate::config::Config;
 use crate::ids::RoomName;
 use crate::load::procfs;
+use crate::metrics::{self, JoinResult, Metrics};
 use crate::participant::peer::PeerFactory;
 use crate::participant::socket::{self, ReaderLimits};
 use crate::participant::{NodeContext, Participant};
-use crate::room::messages::{CloseAll, CutIdentity, GetRegistryStats, PlacementNotice};
+use crate::room::messages::{
+    CascadeNotice, CloseAll, CutIdentity, GetRegistryStats, PlacementNotice,
+};
 use crate::room::registry::RoomRegistry;
 use crate::signal::protocol::{LeaveReason, Limits};
 
@@ -46,7 +51,12 @@ const HARD_FRAME_FACTOR: usize = 16;
 /// (in a cluster; a lone node tells everyone it is shutting down), waits for its
 /// participants to go within the drain grace, revokes its lease and stops.
 pub async fn run(config: Config) -> std::io::Result<()> {
+    let metrics_listen = config.metrics.listen;
     let (server, addr, state) = start(config).await?;
+    let (metrics_server, metrics_addr) = metrics::http::start(metrics_listen, state.node.clone())?;
+    info!(addr = %metrics_addr, "metrics are served");
+    let metrics_handle = metrics_server.handle();
+    actix_web::rt::spawn(metrics_server);
     info!(%addr, node = %state.node.node_id, "relais is serving");
     let handle = server.handle();
     let shutdown_state = state.clone();
@@ -54,6 +64,7 @@ pub async fn run(config: Config) -> std::io::Result<()> {
         wait_for_signal().await;
         drain(&shutdown_state).await;
         handle.stop(true).await;
+        metrics_handle.stop(true).await;
     });
     server.await
 }
@@ -124,16 +135,36 @@ pub async fn start(
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr, web::Data<AppState>)> {
     let listener = std::net::TcpListener::bind(config.http.listen)?;
     let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new(&config.node.id, &config.node.region));
+    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
+    let cascade = start_cascade(&config, link_tx, &metrics)?;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let placement = cluster::start(&config, advertise_url(&config, addr), events_tx)
-        .await
-        .map_err(std::io::Error::other)?;
+    let placement = cluster::start(
+        &config,
+        advertise_url(&config, addr),
+        cascade.as_ref().map(|c| c.advertised),
+        events_tx,
+        metrics.clone(),
+    )
+    .await
+    .map_err(std::io::Error::other)?;
     let registry = RoomRegistry::new(
         placement.clone(),
+        cascade.clone(),
         config.room.max_participants,
         config.room.empty_timeout,
     )
     .start();
+    let links = registry.clone();
+    actix_web::rt::spawn(async move {
+        while let Some(event) = link_rx.recv().await {
+            links.do_send(match event {
+                LinkEvent::Up { peer } => CascadeNotice::Up { peer },
+                LinkEvent::Down { peer } => CascadeNotice::Down { peer },
+                LinkEvent::Control { peer, message } => CascadeNotice::Control { peer, message },
+            });
+        }
+    });
     let notices = registry.clone();
     actix_web::rt::spawn(async move {
         while let Some(event) = events_rx.recv().await {
@@ -150,8 +181,10 @@ pub async fn start(
         node_id: config.node.id.clone(),
         registry,
         placement,
-        peers: PeerFactory::new(config.media.clone()),
+        cascade,
+        peers: PeerFactory::new(config.media.clone(), metrics.clone()),
         limits,
+        metrics,
     });
     let state = web::Data::new(AppState {
         verifier: Verifier::new(&config.auth.keys),
@@ -178,6 +211,43 @@ pub async fn start(
     let server = server.run();
     state.ready.store(true, Ordering::SeqCst);
     Ok((server, addr, state))
+}
+
+/// Binds the cascade port when the node is part of a cluster.
+fn start_cascade(
+    config: &Config,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    metrics: &Arc<Metrics>,
+) -> std::io::Result<Option<Arc<Cascade>>> {
+    let Some(secret) = config.cluster.cascade_secret.as_ref() else {
+        return Ok(None);
+    };
+    if config.cluster.etcd_endpoints.is_empty() {
+        return Ok(None);
+    }
+    let links = Links::start(
+        config.node.id.clone(),
+        &secret.0,
+        config.cluster.cascade_listen,
+        events,
+        Some(metrics.clone()),
+    )
+    .map_err(std::io::Error::other)?;
+    let bound = links.local_addr().unwrap_or(config.cluster.cascade_listen);
+    let ip = match bound.ip() {
+        ip if ip.is_unspecified() => config
+            .media
+            .public_ip
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        ip => ip,
+    };
+    let advertised = SocketAddr::new(ip, bound.port());
+    info!(%advertised, "cascade port open");
+    Ok(Some(Arc::new(Cascade::new(
+        links,
+        advertised,
+        metrics.clone(),
+    ))))
 }
 
 /// Tells the placement how busy this node is, every couple of seconds.
@@ -230,7 +300,9 @@ async fn rtc(
     query: web::Query<RtcQuery>,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
+    let refused = |result| state.node.metrics.join(result);
     if !state.ready.load(Ordering::SeqCst) {
+        refused(JoinResult::NotReady);
         return Ok(HttpResponse::ServiceUnavailable()
             .json(json!({"error": "not_ready", "message": "the node is not taking joins"})));
     }
@@ -241,17 +313,22 @@ async fn rtc(
         .or_else(|| bearer(&req));
     let room = match query.room.as_deref().map(RoomName::parse) {
         Some(Ok(room)) => room,
-        Some(Err(e)) => return Ok(bad_request("bad_room_name", &e.to_string())),
+        Some(Err(e)) => {
+            refused(JoinResult::BadRequest);
+            return Ok(bad_request("bad_room_name", &e.to_string()));
+        }
         None => {
-            return Ok(bad_request(
-                "missing_room",
-                "the `room` query parameter is required",
-            ))
+            refused(JoinResult::BadRequest);
+            let message = "the `room` query parameter is required";
+            return Ok(bad_request("missing_room", message));
         }
     };
     let claims = match verify(&state, token.as_deref(), &room) {
         Ok(claims) => claims,
-        Err(e) => return Ok(unauthorized(&e)),
+        Err(e) => {
+            refused(JoinResult::Unauthorized);
+            return Ok(unauthorized(&e));
+        }
     };
 
     let (response, session, stream) = actix_ws::handle(&req, body)?;

@@ -38,6 +38,12 @@ fn serial() -> MutexGuard<'static, ()> {
 /// them fill two cores; on a real deployment the node has a machine of its own.
 fn start_node() -> Node {
     let node = Node::start_with(DEV_MODE);
+    favour_nodes();
+    node
+}
+
+/// Raises the priority of every relais node this test process started.
+fn favour_nodes() {
     let ours = std::process::id();
     let relais = std::fs::canonicalize(env!("CARGO_BIN_EXE_relais")).ok();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -54,7 +60,6 @@ fn start_node() -> Node {
                 .status();
         }
     }
-    node
 }
 
 fn base_url(node: &Node) -> String {
@@ -118,6 +123,71 @@ fn two_participants_see_and_hear_each_other() {
     assert_eq!(video.participant_id.as_deref(), Some(ada_id.as_str()));
     let tiles: Vec<String> = grace.tiles().into_iter().map(|t| t.name).collect();
     assert_eq!(tiles, ["Grace Hopper (you)", "Ada Lovelace"]);
+}
+
+#[test]
+fn two_participants_on_different_nodes_see_each_other() {
+    let _turn = serial();
+    let etcd = common::etcd::Etcd::start();
+    let nodes: Vec<Node> = ["n0", "n1"]
+        .iter()
+        .map(|id| Node::start_clustered(&etcd.endpoint(), id, "r", DEV_MODE))
+        .collect();
+    favour_nodes();
+    for node in &nodes {
+        node.wait_ready();
+    }
+    let driver = ChromeDriver::start();
+    // Each page is served by, and signals to, a node of its own.
+    let (ada, grace) = std::thread::scope(|scope| {
+        let ada = scope.spawn(|| {
+            Page::join(
+                &driver,
+                &base_url(&nodes[0]),
+                "bridge",
+                "Ada Lovelace",
+                (1280, 800),
+            )
+        });
+        let grace = scope.spawn(|| {
+            Page::join(
+                &driver,
+                &base_url(&nodes[1]),
+                "bridge",
+                "Grace Hopper",
+                (800, 600),
+            )
+        });
+        (ada.join().expect("browser"), grace.join().expect("browser"))
+    });
+    let ada_id = ada.wait_joined(secs(30));
+    let grace_id = grace.wait_joined(secs(30));
+    wait_media_flows(&[&ada, &grace], FLOWING, secs(30));
+    for (page, other, other_id) in [
+        (&ada, "Grace Hopper", &grace_id),
+        (&grace, "Ada Lovelace", &ada_id),
+    ] {
+        let seen = page.status();
+        let names: Vec<&str> = seen.participants.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, [other]);
+        let video = seen
+            .remote
+            .iter()
+            .find(|r| r.kind == "video")
+            .expect("video from the other node");
+        assert!(video.frame_width > 0, "{video:?}");
+        assert_eq!(video.participant_id.as_ref(), Some(other_id));
+    }
+    // Both nodes serve the meeting.
+    let (_, detail) = nodes[1].admin("GET", "/admin/rooms/bridge");
+    let mut serving: Vec<&str> = detail["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    serving.sort();
+    assert_eq!(serving, ["n0", "n1"]);
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::Node;
+use common::{owner_of, wait_for, Node};
 use relais::client::{Client, ClientEvent};
 use relais::signal::protocol::{ErrorCode, LeaveReason, ServerMessage, TrackKind};
 use serde_json::Value;
@@ -26,18 +26,6 @@ fn cluster(etcd: &Etcd, regions: &[&str], extra: &str) -> Vec<Node> {
         .collect()
 }
 
-/// Polls `probe` until it returns `Some`, or panics with `what` at the deadline.
-fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn ids_of(listing: &Value, key: &str, field: &str) -> Vec<String> {
     listing[key]
         .as_array()
@@ -48,20 +36,6 @@ fn ids_of(listing: &Value, key: &str, field: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The room's owner and epoch as the cluster lists them, asked through `node`.
-fn owner_of(node: &Node, room: &str) -> Option<(String, i64)> {
-    let (status, rooms) = node.admin("GET", "/admin/rooms");
-    if status != 200 {
-        return None;
-    }
-    rooms["rooms"].as_array()?.iter().find_map(|r| {
-        if r["room"] != room {
-            return None;
-        }
-        Some((r["owner"].as_str()?.to_owned(), r["epoch"].as_i64()?))
-    })
 }
 
 fn node_by_id<'a>(nodes: &'a [Node], id: &str) -> &'a Node {
@@ -162,21 +136,36 @@ async fn concurrent_joins_through_different_nodes_meet_under_one_owner() {
         let options = nodes[i % 3].options("all-hands", &format!("p{i}"));
         tokio::spawn(async move {
             let mut client = Client::connect(options).await.expect("connect");
-            let node = joined_node(&mut client).await;
-            (client, node)
+            let (node, present) = client
+                .wait_for(Duration::from_secs(20), "joined", |e| match e {
+                    ClientEvent::Server(ServerMessage::Joined {
+                        node, participants, ..
+                    }) => Some((
+                        node.clone(),
+                        participants
+                            .iter()
+                            .map(|p| p.identity.clone())
+                            .collect::<std::collections::BTreeSet<_>>(),
+                    )),
+                    _ => None,
+                })
+                .await
+                .expect("joined");
+            (client, node, present)
         })
     });
     let mut clients = Vec::new();
     for join in joins.collect::<Vec<_>>() {
         clients.push(join.await.expect("join task"));
     }
-    let served_by: std::collections::BTreeSet<_> = clients.iter().map(|(_, n)| n.clone()).collect();
-    assert_eq!(
-        served_by.len(),
-        1,
-        "everyone must meet on one node: {served_by:?}"
-    );
-    let owner = served_by.into_iter().next().expect("one node");
+    // Each participant stays on the node it reached; the room spans the three.
+    let served_by: std::collections::BTreeSet<_> =
+        clients.iter().map(|(_, n, _)| n.clone()).collect();
+    assert_eq!(served_by.len(), 3, "{served_by:?}");
+    let owner = wait_for(Duration::from_secs(5), "owner", || {
+        owner_of(&nodes[0], "all-hands")
+    })
+    .0;
 
     // Every node sees the same single owner, and the room holds all nine.
     for node in &nodes {
@@ -201,6 +190,29 @@ async fn concurrent_joins_through_different_nodes_meet_under_one_owner() {
             .then_some(detail)
     });
     assert_eq!(detail["owner"], owner.as_str());
+    let mut serving: Vec<_> = detail["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    serving.sort();
+    assert_eq!(serving, ["n0", "n1", "n2"]);
+    // And every participant sees the eight others, wherever they are served.
+    for (client, _, seen) in &mut clients {
+        if seen.len() == 8 {
+            continue;
+        }
+        client
+            .wait_for(Duration::from_secs(10), "eight others", |e| {
+                if let ClientEvent::Server(ServerMessage::ParticipantJoined { participant }) = e {
+                    seen.insert(participant.identity.clone());
+                }
+                (seen.len() == 8).then_some(())
+            })
+            .await
+            .expect("everyone meets everyone");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,12 +320,12 @@ async fn a_stopped_owner_resumes_fenced_and_never_acts_beside_the_new_owner() {
         matches!(moved, Some(LeaveReason::Migrate) | None),
         "{moved:?}"
     );
-    // And a join through it lands with the new owner.
-    let mut again = Client::connect(frozen.options("board", "erin"))
-        .await
-        .expect("connect");
-    assert_eq!(joined_node(&mut again).await, new_owner);
+    // A join through it now serves a shard of the new owner's room.
+    let mut again = rejoin(frozen, &others, "board", "erin").await;
+    joined_node(&mut again).await;
     assert!(acting_rooms(frozen).is_empty());
+    let listed = owner_of(frozen, "board").expect("room listed");
+    assert_eq!(listed, (new_owner, new_epoch));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,10 +444,12 @@ async fn an_etcd_outage_keeps_media_refuses_joins_and_heals() {
     assert_eq!(owner_after, owner);
     assert!(epoch_after >= epoch);
     assert!(next_rtp_within(&mut subscriber, Duration::from_secs(2)).await);
+    // A newcomer on the other node joins the same meeting and receives the media.
     let mut late = Client::connect(nodes[1].options("ops", "judy"))
         .await
         .expect("connect");
-    assert_eq!(joined_node(&mut late).await, owner);
+    joined_node(&mut late).await;
+    assert!(next_rtp_within(&mut late, Duration::from_secs(10)).await);
     streaming.abort();
 }
 

@@ -81,7 +81,10 @@ impl Placement for EmbeddedPlacement {
     ) -> Result<Admission, PlacementError> {
         let mut rooms = self.lock();
         if let Some((epoch, _)) = rooms.owned.get(room) {
-            return Ok(Admission::Here { epoch: *epoch });
+            return Ok(Admission::Here {
+                epoch: *epoch,
+                owner: true,
+            });
         }
         if self.draining.load(Ordering::SeqCst) {
             return Err(PlacementError::NoNode);
@@ -92,7 +95,7 @@ impl Placement for EmbeddedPlacement {
             .owned
             .insert(room.clone(), (epoch, RoomSummary::default()));
         ClusterCounters::bump(&self.counters.rooms_acquired);
-        Ok(Admission::Here { epoch })
+        Ok(Admission::Here { epoch, owner: true })
     }
 
     async fn release(&self, room: &RoomName, epoch: Epoch) {
@@ -146,6 +149,20 @@ impl Placement for EmbeddedPlacement {
         self.lock().load = Some(load);
     }
 
+    async fn shard_peers(&self, _room: &RoomName) -> Result<Vec<NodeInfo>, PlacementError> {
+        Ok(Vec::new())
+    }
+
+    async fn leave_shard(&self, _room: &RoomName) {}
+
+    async fn take_over(&self, _room: &RoomName) -> Result<Option<Epoch>, PlacementError> {
+        Ok(None)
+    }
+
+    fn member(&self, id: &str) -> Option<NodeInfo> {
+        (id == self.node.id).then(|| self.node())
+    }
+
     fn owned_rooms(&self) -> Vec<(RoomName, Epoch)> {
         let rooms = self.lock();
         rooms
@@ -174,6 +191,7 @@ mod tests {
             region: "local".into(),
             url: "ws://127.0.0.1:7880".into(),
             state: NodeState::Serving,
+            cascade: None,
         })
     }
 
@@ -185,15 +203,18 @@ mod tests {
     async fn a_reopened_room_gets_a_higher_epoch() {
         let p = placement();
         let hints = JoinHints::default();
-        let Ok(Admission::Here { epoch: first }) = p.admit(&room("a"), &hints).await else {
+        let Ok(Admission::Here { epoch: first, .. }) = p.admit(&room("a"), &hints).await else {
             panic!("embedded placement serves every room here");
         };
         assert_eq!(
             p.admit(&room("a"), &hints).await,
-            Ok(Admission::Here { epoch: first })
+            Ok(Admission::Here {
+                epoch: first,
+                owner: true
+            })
         );
         p.release(&room("a"), first).await;
-        let Ok(Admission::Here { epoch: second }) = p.admit(&room("a"), &hints).await else {
+        let Ok(Admission::Here { epoch: second, .. }) = p.admit(&room("a"), &hints).await else {
             panic!("reopened here");
         };
         assert!(second > first);
@@ -202,7 +223,8 @@ mod tests {
     #[tokio::test]
     async fn writes_with_an_old_epoch_are_refused_and_counted() {
         let p = placement();
-        let Ok(Admission::Here { epoch }) = p.admit(&room("a"), &JoinHints::default()).await else {
+        let Ok(Admission::Here { epoch, .. }) = p.admit(&room("a"), &JoinHints::default()).await
+        else {
             panic!("served here");
         };
         let summary = RoomSummary {

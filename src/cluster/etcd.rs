@@ -33,6 +33,7 @@ use crate::cluster::fence::LeaseClock;
 use crate::cluster::keys::Keys;
 use crate::cluster::*;
 use crate::config::ClusterConfig;
+use crate::metrics::{EtcdRequest, Metrics};
 
 /// Longest wait for one etcd request before the store counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1_500);
@@ -50,6 +51,8 @@ pub struct EtcdPlacement {
     gate: Arc<FenceGate>,
     counters: ClusterCounters,
     events: mpsc::UnboundedSender<PlacementEvent>,
+    /// Times every etcd request.
+    metrics: Arc<Metrics>,
     draining: AtomicBool,
     leaving: AtomicBool,
     /// Everything the tasks and requests share; held only for map updates, never
@@ -62,6 +65,8 @@ struct Shared {
     lease: Option<i64>,
     /// Rooms this node owns, with their epoch.
     owned: HashMap<RoomName, Epoch>,
+    /// Rooms this node holds a shard of (owned or not).
+    shards: std::collections::HashSet<RoomName>,
     members: BTreeMap<String, NodeInfo>,
     /// Load reports by node, with the revision last seen and when it changed.
     loads: BTreeMap<String, (NodeLoad, i64, Instant)>,
@@ -94,6 +99,7 @@ impl EtcdPlacement {
         config: ClusterConfig,
         node: NodeInfo,
         events: mpsc::UnboundedSender<PlacementEvent>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, PlacementError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
@@ -109,12 +115,14 @@ impl EtcdPlacement {
             gate: Arc::new(FenceGate::new()),
             counters: ClusterCounters::default(),
             events,
+            metrics,
             draining: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
             shared: Mutex::new(Shared {
                 node,
                 lease: None,
                 owned: HashMap::new(),
+                shards: std::collections::HashSet::new(),
                 members: BTreeMap::new(),
                 loads: BTreeMap::new(),
                 own_load: NodeLoad::default(),
@@ -142,12 +150,16 @@ impl EtcdPlacement {
         self.shared().node.id.clone()
     }
 
-    /// Runs `fut` with the request timeout, recording whether etcd answered.
-    async fn call<T>(
+    /// Runs `fut` with the request timeout, recording whether etcd answered and how
+    /// long it took.
+    async fn call<T: EtcdRequest>(
         &self,
         fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, PlacementError> {
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        let request = tokio::time::timeout(REQUEST_TIMEOUT, fut);
+        let result = self
+            .metrics
+            .time_etcd(T::OPERATION, request)
             .await
             .map_err(timed_out)
             .and_then(|r| r.map_err(store_error));
@@ -159,6 +171,7 @@ impl EtcdPlacement {
 
     async fn run_session(self: Arc<Self>) {
         let mut clock = LeaseClock::new(self.ttl);
+        let mut quiet = false;
         while !self.leaving.load(Ordering::SeqCst) {
             let sent = Instant::now();
             let mut client = self.client.clone();
@@ -166,11 +179,16 @@ impl EtcdPlacement {
             let lease = match self.call(client.lease_grant(ttl, None)).await {
                 Ok(granted) => granted.id(),
                 Err(e) => {
-                    warn!(error = %e, "cannot obtain a cluster lease; retrying");
+                    // One warning per outage; the retries in between stay quiet.
+                    if !quiet {
+                        warn!(error = %e, "cannot obtain a cluster lease; retrying");
+                        quiet = true;
+                    }
                     tokio::time::sleep(RETRY_PAUSE).await;
                     continue;
                 }
             };
+            quiet = false;
             clock.granted(sent);
             self.shared().lease = Some(lease);
             match self.register(lease).await {
@@ -267,6 +285,12 @@ impl EtcdPlacement {
     /// After a new lease, takes back the rooms still open here, or gives them up
     /// to whoever owns them now.
     async fn reclaim_rooms(&self, lease: i64) {
+        let shards: Vec<RoomName> = self.shared().shards.iter().cloned().collect();
+        for room in &shards {
+            if let Err(e) = self.register_shard(room, lease).await {
+                warn!(%room, error = %e, "cannot register shard again");
+            }
+        }
         let rooms: Vec<(RoomName, Epoch)> = self
             .shared()
             .owned
@@ -289,6 +313,36 @@ impl EtcdPlacement {
                 Err(e) => warn!(%room, error = %e, "cannot reclaim room; will retry"),
             }
         }
+    }
+
+    /// Records on `lease` that this node serves participants of `room`.
+    async fn register_shard(&self, room: &RoomName, lease: i64) -> Result<(), PlacementError> {
+        let node = self.shared().node.clone();
+        let key = self.keys.shard(room, &node.id);
+        let options = PutOptions::new().with_lease(lease);
+        let mut client = self.client.clone();
+        self.call(client.put(key, encode(&node), Some(options)))
+            .await?;
+        self.shared().shards.insert(room.clone());
+        Ok(())
+    }
+
+    /// Serves a participant here, as owner or as a shard of the owner's room.
+    async fn admit_here(
+        &self,
+        room: &RoomName,
+        epoch: Epoch,
+        owner: bool,
+        lease: i64,
+    ) -> Result<Admission, PlacementError> {
+        if self.cascades() && !self.shared().shards.contains(room) {
+            self.register_shard(room, lease).await?;
+        }
+        Ok(Admission::Here { epoch, owner })
+    }
+
+    fn cascades(&self) -> bool {
+        self.shared().node.cascade.is_some()
     }
 
     fn lose(&self, room: &RoomName) {
@@ -613,16 +667,39 @@ impl Placement for EtcdPlacement {
                     current: newer,
                 });
             }
-            return Ok(Admission::Here { epoch });
+            let lease = lease.ok_or(PlacementError::Fenced)?;
+            return self.admit_here(room, epoch, true, lease).await;
         }
         let lease = lease.ok_or(PlacementError::Fenced)?;
+        // A participant stays on the node it reached when that node is in its
+        // region (or it names none), or when another node sent it here.
+        let stay = hints.redirected
+            || hints
+                .region
+                .as_deref()
+                .is_none_or(|r| r == self.shared().node.region);
         if let Some(owner) = self.fetch_owner(room).await? {
             if owner.node != own_id {
-                return Ok(redirect_to_owner(owner));
+                if !(self.cascades() && stay) {
+                    return Ok(redirect_to_owner(owner));
+                }
+                if let Some(newer) = hints.epoch.filter(|e| *e > owner.epoch) {
+                    ClusterCounters::bump(&self.counters.stale_epoch);
+                    return Err(PlacementError::StaleEpoch {
+                        got: owner.epoch,
+                        current: newer,
+                    });
+                }
+                return self.admit_here(room, owner.epoch, false, lease).await;
             }
         }
         // Nobody owns the room (or a stale record of ours is about to expire).
-        if !hints.redirected {
+        let choose_again = if self.cascades() {
+            !stay
+        } else {
+            !hints.redirected
+        };
+        if choose_again {
             if let Some(target) = self.choose_node(hints.region.as_deref(), false) {
                 if target.id != own_id {
                     return Ok(Admission::Redirect {
@@ -641,11 +718,14 @@ impl Placement for EtcdPlacement {
                 self.shared().owned.insert(room.clone(), epoch);
                 ClusterCounters::bump(&self.counters.rooms_acquired);
                 info!(%room, epoch, "room owned here");
-                Ok(Admission::Here { epoch })
+                self.admit_here(room, epoch, true, lease).await
             }
             Claim::Lost(owner) if owner.node == own_id => Err(PlacementError::Unavailable(
                 "the room's previous record on this node has not expired yet".into(),
             )),
+            Claim::Lost(owner) if self.cascades() => {
+                self.admit_here(room, owner.epoch, false, lease).await
+            }
             Claim::Lost(owner) => Ok(redirect_to_owner(owner)),
         }
     }
@@ -752,6 +832,7 @@ impl Placement for EtcdPlacement {
             match what {
                 "owner" => entry.0 = owner_of(kv),
                 "summary" => entry.1 = decode(kv.value()).unwrap_or_default(),
+                // Shard records: one per node serving participants of the room.
                 _ => {}
             }
         }
@@ -772,6 +853,55 @@ impl Placement for EtcdPlacement {
 
     fn report_load(&self, load: NodeLoad) {
         self.shared().own_load = load;
+    }
+
+    async fn shard_peers(&self, room: &RoomName) -> Result<Vec<NodeInfo>, PlacementError> {
+        let own_id = self.node_id();
+        let mut client = self.client.clone();
+        let prefix = Some(GetOptions::new().with_prefix());
+        let listing = self
+            .call(client.get(self.keys.shards(room), prefix))
+            .await?;
+        Ok(listing
+            .kvs()
+            .iter()
+            .filter_map(|kv| decode::<NodeInfo>(kv.value()))
+            .filter(|n| n.id != own_id)
+            .collect())
+    }
+
+    async fn leave_shard(&self, room: &RoomName) {
+        if !self.shared().shards.remove(room) {
+            return;
+        }
+        let key = self.keys.shard(room, &self.node_id());
+        let mut client = self.client.clone();
+        if let Err(e) = self.call(client.delete(key, None)).await {
+            warn!(%room, error = %e, "cannot remove shard record; it expires with the lease");
+        }
+    }
+
+    async fn take_over(&self, room: &RoomName) -> Result<Option<Epoch>, PlacementError> {
+        let lease = self.shared().lease;
+        let Some(lease) = lease.filter(|_| self.gate.is_open_now()) else {
+            return Err(PlacementError::Fenced);
+        };
+        if self.fetch_owner(room).await?.is_some() {
+            return Ok(None);
+        }
+        match self.claim(room, lease).await? {
+            Claim::Won(epoch) => {
+                self.shared().owned.insert(room.clone(), epoch);
+                ClusterCounters::bump(&self.counters.rooms_acquired);
+                info!(%room, epoch, "took over the room from its dead owner");
+                Ok(Some(epoch))
+            }
+            Claim::Lost(_) => Ok(None),
+        }
+    }
+
+    fn member(&self, id: &str) -> Option<NodeInfo> {
+        self.shared().members.get(id).cloned()
     }
 
     fn owned_rooms(&self) -> Vec<(RoomName, Epoch)> {

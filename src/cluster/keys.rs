@@ -53,16 +53,25 @@ impl Keys {
         format!("{}{}/summary", self.rooms(), room.as_str())
     }
 
+    /// The directory of a room's shards: one key per node serving participants.
+    pub fn shards(&self, room: &RoomName) -> String {
+        format!("{}{}/shards/", self.rooms(), room.as_str())
+    }
+
+    pub fn shard(&self, room: &RoomName, node: &str) -> String {
+        format!("{}{node}", self.shards(room))
+    }
+
     /// The last path segment of a key under `dir`, e.g. a node id.
     pub fn leaf<'a>(dir: &str, key: &'a str) -> Option<&'a str> {
         key.strip_prefix(dir).filter(|rest| !rest.contains('/'))
     }
 
-    /// Splits `{rooms}/{room}/{what}` into its room name and last segment.
+    /// Splits `{rooms}/{room}/{what}` into the room name and the rest.
     pub fn room_key<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
         let rooms = self.rooms();
         let rest = key.strip_prefix(rooms.as_str())?;
-        rest.rsplit_once('/')
+        rest.split_once('/')
     }
 }
 
@@ -80,6 +89,11 @@ mod tests {
             keys.room_key("/relais/rooms/standup/summary"),
             Some(("standup", "summary"))
         );
+        assert_eq!(
+            keys.room_key("/relais/rooms/standup/shards/n2"),
+            Some(("standup", "shards/n2"))
+        );
+        assert_eq!(keys.shard(&room, "n2"), "/relais/rooms/standup/shards/n2");
         assert_eq!(Keys::leaf(&keys.nodes(), "/relais/nodes/n1"), Some("n1"));
         assert_eq!(Keys::leaf(&keys.nodes(), "/relais/nodes/a/b"), None);
     }

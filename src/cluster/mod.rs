@@ -65,6 +65,9 @@ pub struct NodeInfo {
     /// Base URL of its signaling socket, e.g. `ws://10.0.0.5:7880`.
     pub url: String,
     pub state: NodeState,
+    /// Address of its cascade port (QUIC), when it cascades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<String>,
 }
 
 impl NodeInfo {
@@ -131,8 +134,9 @@ pub struct RoomView {
 /// The answer to "where is this participant served?".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Here: this node owns the room at `epoch`.
-    Here { epoch: Epoch },
+    /// Here, at the room's `epoch`; `owner` when this node owns the room, else
+    /// this node holds a shard of a room owned elsewhere.
+    Here { epoch: Epoch, owner: bool },
     /// On another node; the client reconnects to `url`.
     Redirect {
         node: String,
@@ -242,6 +246,14 @@ pub trait Placement: Send + Sync {
     async fn rooms(&self) -> Result<Vec<RoomView>, PlacementError>;
     /// Records this node's load; the implementation publishes it.
     fn report_load(&self, load: NodeLoad);
+    /// The other nodes holding a shard of `room`, with their records.
+    async fn shard_peers(&self, room: &RoomName) -> Result<Vec<NodeInfo>, PlacementError>;
+    /// This node holds no shard of `room` any more.
+    async fn leave_shard(&self, room: &RoomName);
+    /// Takes the room if nobody owns it (its owner died); the new epoch if taken.
+    async fn take_over(&self, room: &RoomName) -> Result<Option<Epoch>, PlacementError>;
+    /// A node's membership record, from the local view.
+    fn member(&self, id: &str) -> Option<NodeInfo>;
     /// The rooms this node owns, with their epochs.
     fn owned_rooms(&self) -> Vec<(RoomName, Epoch)>;
     /// Marks the node draining: it takes nobody new.
@@ -254,17 +266,21 @@ pub trait Placement: Send + Sync {
 pub async fn start(
     config: &crate::config::Config,
     url: String,
+    cascade: Option<std::net::SocketAddr>,
     events: mpsc::UnboundedSender<PlacementEvent>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn Placement>, PlacementError> {
     let node = NodeInfo {
         id: config.node.id.clone(),
         region: config.node.region.clone(),
         url,
         state: NodeState::Serving,
+        cascade: cascade.map(|a| a.to_string()),
     };
     if config.cluster.etcd_endpoints.is_empty() {
         return Ok(Arc::new(embedded::EmbeddedPlacement::new(node)));
     }
-    let placement = etcd::EtcdPlacement::start(config.cluster.clone(), node, events).await?;
+    let placement =
+        etcd::EtcdPlacement::start(config.cluster.clone(), node, events, metrics).await?;
     Ok(placement)
 }

@@ -47,6 +47,16 @@ const ENV_VARS: &[EnvVar] = &[
         "a ws:// or wss:// URL, or empty",
     ),
     env_var(
+        "RELAIS_CASCADE_LISTEN",
+        &["cluster.cascade_listen"],
+        "a UDP socket address like 0.0.0.0:7881",
+    ),
+    env_var(
+        "RELAIS_CASCADE_SECRET",
+        &["cluster.cascade_secret"],
+        "a secret of at least 32 bytes",
+    ),
+    env_var(
         "RELAIS_LEASE_TTL_SECS",
         &["cluster.lease_ttl_secs"],
         "whole seconds",
@@ -88,6 +98,11 @@ const ENV_VARS: &[EnvVar] = &[
         "a positive integer",
     ),
     env_var("RELAIS_LOG", &["log.level"], "a log filter like info"),
+    env_var(
+        "RELAIS_METRICS_LISTEN",
+        &["metrics.listen"],
+        "a socket address like 127.0.0.1:9464",
+    ),
 ];
 
 const fn env_var(
@@ -142,6 +157,11 @@ impl Config {
             "RELAIS_ETCD_ENDPOINTS" => self.cluster.etcd_endpoints = parse_list(value),
             "RELAIS_ADVERTISE_URL" if value.is_empty() => self.cluster.advertise_url = None,
             "RELAIS_ADVERTISE_URL" => self.cluster.advertise_url = Some(value.to_owned()),
+            "RELAIS_CASCADE_LISTEN" => self.cluster.cascade_listen = parse_env(var, value)?,
+            "RELAIS_CASCADE_SECRET" if value.is_empty() => self.cluster.cascade_secret = None,
+            "RELAIS_CASCADE_SECRET" => {
+                self.cluster.cascade_secret = Some(super::Secret(value.to_owned()));
+            }
             "RELAIS_LEASE_TTL_SECS" => {
                 self.cluster.lease_ttl = Duration::from_secs(parse_env(var, value)?);
             }
@@ -168,6 +188,7 @@ impl Config {
             "RELAIS_SIGNALING_RATE_PER_SEC" => self.signaling.rate_per_sec = parse_env(var, value)?,
             "RELAIS_SIGNALING_RATE_BURST" => self.signaling.rate_burst = parse_env(var, value)?,
             "RELAIS_LOG" => self.log.level = value.to_owned(),
+            "RELAIS_METRICS_LISTEN" => self.metrics.listen = parse_env(var, value)?,
             _ => {}
         }
         Ok(())

@@ -105,6 +105,8 @@ pub struct Config {
     pub signaling: SignalingConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Prometheus metrics listener.
+    pub metrics: MetricsConfig,
 }
 
 /// `[node]`: identity of this node in the cluster.
@@ -203,7 +205,25 @@ pub struct ClusterConfig {
     /// Signaling URL other nodes send clients to, e.g. `ws://10.0.0.5:7880`;
     /// default: `ws://` and the bound HTTP address.
     pub advertise_url: Option<String>,
+    /// UDP address of the cascade port (QUIC) other nodes connect to.
+    pub cascade_listen: SocketAddr,
+    /// Shared secret that cascade links authenticate with; required in a cluster.
+    pub cascade_secret: Option<Secret>,
 }
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Fewest bytes of a cascade secret.
+pub const MIN_CASCADE_SECRET_BYTES: usize = 32;
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -213,6 +233,8 @@ impl Default for ClusterConfig {
             lease_ttl: Duration::from_secs(5),
             drain_grace: Duration::from_secs(30),
             advertise_url: None,
+            cascade_listen: SocketAddr::from(([0, 0, 0, 0], 7881)),
+            cascade_secret: None,
         }
     }
 }
@@ -281,6 +303,22 @@ impl Default for SignalingConfig {
             max_message_bytes: 65_536,
             rate_per_sec: 50,
             rate_burst: 100,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus metrics listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Socket address serving `/metrics`; defaults to `127.0.0.1:9464`, port 0 for any.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
 }
@@ -410,6 +448,19 @@ impl Config {
             return Err(invalid(
                 "cluster.prefix",
                 "must start with '/', not end with '/', and contain no whitespace",
+            ));
+        }
+        let secret_len = self.cluster.cascade_secret.as_ref().map(|s| s.0.len());
+        if !self.cluster.etcd_endpoints.is_empty() && secret_len.is_none() {
+            return Err(invalid(
+                "cluster.cascade_secret",
+                "is required when etcd_endpoints are set",
+            ));
+        }
+        if secret_len.is_some_and(|n| n < MIN_CASCADE_SECRET_BYTES) {
+            return Err(invalid(
+                "cluster.cascade_secret",
+                "must be at least 32 bytes",
             ));
         }
         if let Some(url) = &self.cluster.advertise_url {

@@ -88,6 +88,8 @@ fn full_file() {
         public_ip = "203.0.113.7"
         [cluster]
         etcd_endpoints = ["http://etcd-1:2379", "http://etcd-2:2379"]
+        cascade_listen = "10.0.0.5:7881"
+        cascade_secret = "{SECRET}"
         [auth]
         dev_mode = true
         [auth.keys]
@@ -218,7 +220,11 @@ fn env_udp_ports_zero_is_ephemeral() {
 #[test]
 fn env_etcd_endpoints() {
     let value = "http://a:2379, http://b:2379";
-    let config = with_env(&[("RELAIS_ETCD_ENDPOINTS", value)]).expect("ok");
+    let config = with_env(&[
+        ("RELAIS_ETCD_ENDPOINTS", value),
+        ("RELAIS_CASCADE_SECRET", SECRET),
+    ])
+    .expect("ok");
     assert_eq!(
         config.cluster.etcd_endpoints,
         ["http://a:2379", "http://b:2379"]
@@ -253,6 +259,13 @@ fn refuses_bad_cluster_settings() {
     assert!(url.contains("cluster.advertise_url"), "{url}");
     let env = refused_env(&[("RELAIS_LEASE_TTL_SECS", "soon")]);
     assert!(env.contains("RELAIS_LEASE_TTL_SECS"), "{env}");
+    let no_secret = refused("[cluster]\netcd_endpoints = [\"http://e:2379\"]\n");
+    assert!(no_secret.contains("cluster.cascade_secret"), "{no_secret}");
+    let short = refused_env(&[("RELAIS_CASCADE_SECRET", "short")]);
+    assert!(short.contains("cascade_secret"), "{short}");
+    // The secret never shows in debug output.
+    let config = with_env(&[("RELAIS_CASCADE_SECRET", SECRET)]).expect("ok");
+    assert!(!format!("{config:?}").contains(SECRET));
 }
 
 #[test]
@@ -301,6 +314,25 @@ fn env_signaling() {
 fn env_log() {
     let config = with_env(&[("RELAIS_LOG", "debug")]).expect("ok");
     assert_eq!(config.log.level, "debug");
+}
+
+#[test]
+fn env_metrics_listen() {
+    let config = with_env(&[("RELAIS_METRICS_LISTEN", "0.0.0.0:9100")]).expect("ok");
+    assert_eq!(
+        config.metrics.listen,
+        "0.0.0.0:9100".parse::<std::net::SocketAddr>().unwrap()
+    );
+    assert!(refused_env(&[("RELAIS_METRICS_LISTEN", "nope")]).contains("RELAIS_METRICS_LISTEN"));
+}
+
+#[test]
+fn metrics_listen_defaults_to_loopback() {
+    let config = Config::from_toml_str("", env(&[])).expect("ok");
+    assert_eq!(
+        config.metrics.listen,
+        "127.0.0.1:9464".parse::<std::net::SocketAddr>().unwrap()
+    );
 }
 
 #[test]

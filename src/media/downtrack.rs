@@ -9,14 +9,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use rtc::rtp::packet::Packet;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 
 use crate::media::forwarder::DownTrackKey;
-use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
+use crate::media::uptrack::{Outgoing, UpTrackCommand, UpTrackHandle};
+use crate::metrics::{Direction, Kind, Metrics, Path, Task};
 
 /// Counters for one down-track.
 #[derive(Debug, Default)]
@@ -44,12 +45,27 @@ impl DownTrackTasks {
 pub fn spawn(
     key: DownTrackKey,
     local: Arc<dyn TrackLocal>,
-    queue: mpsc::Receiver<Packet>,
+    queue: mpsc::Receiver<Outgoing>,
     up: UpTrackHandle,
+    metrics: &Metrics,
 ) -> DownTrackTasks {
     let counters = Arc::new(DownTrackCounters::default());
-    let writer = tokio::spawn(write_loop(local.clone(), queue, counters.clone()));
-    let feedback = tokio::spawn(feedback_loop(key, local, up, counters.clone()));
+    let kind = Kind::from(up.kind);
+    let recorder = Recorder {
+        sent: metrics.rtp_counters(Direction::Out, kind, Path::Client),
+        delay: metrics.forwarding_delay(kind),
+        _gauges: (
+            metrics.task(Task::DownTrackWriter),
+            metrics.track(kind, Direction::Out),
+        ),
+    };
+    let writer = tokio::spawn(write_loop(local.clone(), queue, counters.clone(), recorder));
+    let counters_for_feedback = counters.clone();
+    let feedback_gauge = metrics.task(Task::DownTrackFeedback);
+    let feedback = tokio::spawn(async move {
+        let _gauge = feedback_gauge;
+        feedback_loop(key, local, up, counters_for_feedback).await
+    });
     DownTrackTasks {
         writer,
         feedback,
@@ -57,16 +73,33 @@ pub fn spawn(
     }
 }
 
+/// What the writer records: packets sent, sampled forwarding delays, and its presence.
+struct Recorder {
+    sent: crate::metrics::RtpCounters,
+    delay: prometheus::Histogram,
+    /// The writer task and the subscribed track, counted while the writer runs.
+    _gauges: (crate::metrics::GaugeGuard, crate::metrics::GaugeGuard),
+}
+
 async fn write_loop(
     local: Arc<dyn TrackLocal>,
-    mut queue: mpsc::Receiver<Packet>,
+    mut queue: mpsc::Receiver<Outgoing>,
     counters: Arc<DownTrackCounters>,
+    mut recorder: Recorder,
 ) {
-    while let Some(packet) = queue.recv().await {
+    while let Some(Outgoing { packet, arrived }) = queue.recv().await {
+        let bytes = packet.payload.len();
         // A write fails while the transceiver is not bound yet or is going away;
         // the packet is lost either way, and later ones may still go through.
         if local.write_rtp(packet).await.is_err() {
             counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let now = Instant::now();
+        recorder.sent.record(now, bytes);
+        if let Some(arrived) = arrived {
+            let delay = now.saturating_duration_since(arrived);
+            recorder.delay.observe(delay.as_secs_f64());
         }
     }
 }

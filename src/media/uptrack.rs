@@ -14,21 +14,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use rtc::shared::marshal::Unmarshal;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::ids::TrackId;
+use crate::media::codec::MediaKind;
 use crate::media::forwarder::{DownTrackKey, Forwarder, ForwarderConfig};
+use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters, Task, DELAY_SAMPLE_EVERY};
 
 /// Packets a down-track may have queued before new ones are dropped for it.
 pub const DOWN_TRACK_QUEUE: usize = 512;
 
 /// Where the forwarder's output for one down-track goes.
-pub type DownTrackSink = mpsc::Sender<Packet>;
+pub type DownTrackSink = mpsc::Sender<Outgoing>;
+
+/// A rewritten packet on its way to one subscriber.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub packet: Packet,
+    /// When the publisher's packet arrived, on a sample of packets, so that the down-track
+    /// can measure the forwarding delay.
+    pub arrived: Option<Instant>,
+}
 
 /// Commands to an up-track task.
 #[derive(Debug)]
@@ -66,6 +79,8 @@ pub struct UpTrackHandle {
     pub track_id: TrackId,
     /// The publisher's codec, which every down-track negotiates in turn.
     pub codec: RTCRtpCodec,
+    /// Audio or video, for the metrics of the down-tracks.
+    pub kind: MediaKind,
     commands: mpsc::UnboundedSender<UpTrackCommand>,
     pub counters: Arc<UpTrackCounters>,
 }
@@ -81,13 +96,47 @@ impl UpTrackHandle {
     }
 }
 
-/// Everything the task needs; built by the publisher's participant.
+/// Where an up-track's packets come from.
+pub enum Source {
+    /// A publisher's track on this node.
+    Peer {
+        remote: Arc<dyn TrackRemote>,
+        media_ssrc: u32,
+    },
+    /// A track published on another node, arriving over a cascade link as RTP
+    /// bytes. The origin is told when this node starts and stops wanting it, and
+    /// when a subscriber here needs a keyframe.
+    Cascade {
+        packets: mpsc::Receiver<Bytes>,
+        origin: Arc<dyn CascadeOrigin>,
+    },
+}
+
+impl Source {
+    /// Where the packets come from, as the metrics name it.
+    fn path(&self) -> Path {
+        match self {
+            Source::Peer { .. } => Path::Client,
+            Source::Cascade { .. } => Path::Cascade,
+        }
+    }
+}
+
+/// The far end of a cascaded track, as the up-track task sees it.
+pub trait CascadeOrigin: Send + Sync {
+    /// Called with true when the first down-track attaches, false when the last goes.
+    fn demand(&self, wanted: bool);
+    fn keyframe(&self);
+}
+
+/// Everything the task needs; built by the publisher's participant, or by a room
+/// for a track published on another node.
 pub struct UpTrack {
     pub track_id: TrackId,
-    pub remote: Arc<dyn TrackRemote>,
-    pub media_ssrc: u32,
+    pub source: Source,
     pub codec: RTCRtpCodec,
     pub config: ForwarderConfig,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the task on the current runtime. `on_end` runs once when it stops.
@@ -97,11 +146,17 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
     let handle = UpTrackHandle {
         track_id: up.track_id.clone(),
         codec: up.codec.clone(),
+        kind: up.config.kind,
         commands: tx,
         counters: counters.clone(),
     };
     tokio::spawn(async move {
         let track_id = up.track_id.clone();
+        let kind = Kind::from(up.config.kind);
+        let _gauges = (
+            up.metrics.task(Task::UpTrack),
+            up.metrics.track(kind, Direction::In),
+        );
         run(up, rx, counters).await;
         on_end(track_id);
     });
@@ -113,6 +168,9 @@ struct Loop {
     sinks: HashMap<DownTrackKey, DownTrackSink>,
     out: Vec<(DownTrackKey, Packet)>,
     counters: Arc<UpTrackCounters>,
+    /// Packets and bytes received from the publisher.
+    received: RtpCounters,
+    queue_drops: prometheus::IntCounter,
 }
 
 async fn run(
@@ -120,29 +178,57 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<UpTrackCommand>,
     counters: Arc<UpTrackCounters>,
 ) {
+    let kind = Kind::from(up.config.kind);
     let mut state = Loop {
         forwarder: Forwarder::new(up.config),
         sinks: HashMap::new(),
         out: Vec::new(),
         counters,
+        received: up
+            .metrics
+            .rtp_counters(Direction::In, kind, up.source.path()),
+        queue_drops: up.metrics.queue_drops(kind),
     };
+    let mut source = up.source;
     loop {
         let wake = state.forwarder.poll_timeout();
         tokio::select! {
-            event = up.remote.poll() => match event {
-                Some(TrackRemoteEvent::OnRtpPacket(packet)) => state.forward(packet),
-                Some(TrackRemoteEvent::OnEnded) | None => break,
-                Some(_) => {}
+            packet = next_packet(&mut source) => match packet {
+                Some(packet) => state.forward(packet),
+                None => break,
             },
             command = commands.recv() => match command {
                 Some(UpTrackCommand::Stop) | None => break,
-                Some(command) => state.apply(command),
+                Some(command) => state.apply(command, &source),
             },
             _ = sleep_until_opt(wake) => {}
         }
-        state
-            .request_keyframe_if_due(&*up.remote, up.media_ssrc)
-            .await;
+        state.request_keyframe_if_due(&source).await;
+    }
+    if let Source::Cascade { origin, .. } = &source {
+        if !state.sinks.is_empty() {
+            origin.demand(false);
+        }
+    }
+}
+
+/// The next RTP packet of the track; `None` once it has ended.
+async fn next_packet(source: &mut Source) -> Option<Packet> {
+    match source {
+        Source::Peer { remote, .. } => loop {
+            match remote.poll().await {
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) => return Some(packet),
+                Some(TrackRemoteEvent::OnEnded) | None => return None,
+                Some(_) => {}
+            }
+        },
+        Source::Cascade { packets, .. } => loop {
+            let mut raw = packets.recv().await?;
+            // The link checked the framing only; a bad packet is dropped here.
+            if let Ok(packet) = Packet::unmarshal(&mut raw) {
+                return Some(packet);
+            }
+        },
     }
 }
 
@@ -155,19 +241,36 @@ impl Loop {
         packet.header.extensions.clear();
         self.out.clear();
         self.forwarder.handle_rtp(now, &packet, &mut self.out);
+        self.received.record(now, packet.payload.len());
 
+        // The forwarder has counted this packet in: its count picks the delay samples.
+        let sampled = self
+            .forwarder
+            .stats()
+            .packets_in
+            .is_multiple_of(DELAY_SAMPLE_EVERY);
+        let arrived = sampled.then_some(now);
         for (key, copy) in self.out.drain(..) {
             let Some(sink) = self.sinks.get(&key) else {
                 continue;
             };
-            if sink.try_send(copy).is_err() {
+            let outgoing = Outgoing {
+                packet: copy,
+                arrived,
+            };
+            if sink.try_send(outgoing).is_err() {
                 self.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                self.queue_drops.inc();
             }
         }
     }
 
-    fn apply(&mut self, command: UpTrackCommand) {
+    fn apply(&mut self, command: UpTrackCommand, source: &Source) {
         let now = Instant::now();
+        let origin = match source {
+            Source::Cascade { origin, .. } => Some(origin),
+            Source::Peer { .. } => None,
+        };
         match command {
             UpTrackCommand::AddDownTrack {
                 key,
@@ -175,12 +278,22 @@ impl Loop {
                 payload_type,
                 sink,
             } => {
+                if self.sinks.is_empty() {
+                    if let Some(origin) = origin {
+                        origin.demand(true);
+                    }
+                }
                 self.sinks.insert(key, sink);
                 self.forwarder.add_down_track(now, key, ssrc, payload_type);
             }
             UpTrackCommand::RemoveDownTrack { key } => {
-                self.sinks.remove(&key);
+                let had = self.sinks.remove(&key).is_some();
                 self.forwarder.remove_down_track(key);
+                if had && self.sinks.is_empty() {
+                    if let Some(origin) = origin {
+                        origin.demand(false);
+                    }
+                }
             }
             UpTrackCommand::SetPaused { key, paused } => self.forwarder.set_paused(key, paused),
             UpTrackCommand::KeyframeRequest { from } => {
@@ -190,16 +303,22 @@ impl Loop {
         }
     }
 
-    async fn request_keyframe_if_due(&mut self, remote: &dyn TrackRemote, media_ssrc: u32) {
+    async fn request_keyframe_if_due(&mut self, source: &Source) {
         if !self.forwarder.poll_keyframe_request(Instant::now()) {
             return;
         }
-        let pli = PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc,
-        };
-        // A failed write means the publisher is going away; the poll loop sees it next.
-        let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
+        match source {
+            Source::Peer { remote, media_ssrc } => {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: *media_ssrc,
+                };
+                // A failed write means the publisher is going away; the poll loop
+                // sees it next.
+                let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
+            }
+            Source::Cascade { origin, .. } => origin.keyframe(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 
 mod negotiation;
 pub mod peer;
-mod publications;
+pub(crate) mod publications;
 pub mod socket;
 mod subscriptions;
 
@@ -28,6 +28,7 @@ use crate::auth::Claims;
 use crate::cluster::{Admission, Epoch, JoinHints, Placement, PlacementError};
 use crate::ids::{ParticipantId, RoomName};
 use crate::media::uptrack::UpTrackHandle;
+use crate::metrics::{GaugeGuard, JoinResult, Metrics};
 use crate::participant::peer::{PeerEvent, PeerFactory};
 use crate::participant::socket::{Inbound, Outbox};
 use crate::room::messages::{Join, JoinRefused, Leave, OpenRefused, OpenRoom, RoomEvent};
@@ -47,8 +48,12 @@ pub struct NodeContext {
     pub node_id: String,
     pub registry: Addr<RoomRegistry>,
     pub placement: Arc<dyn Placement>,
+    /// Links to other nodes, in a cluster.
+    pub cascade: Option<Arc<crate::cascade::Cascade>>,
     pub peers: PeerFactory,
     pub limits: Limits,
+    /// Where everything on the node records its metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Participant {
@@ -74,6 +79,10 @@ pub struct Participant {
     /// DTLS is up: packets written now reach the client instead of being refused.
     media_connected: bool,
     left: bool,
+    /// When the client asked to join, until the attempt's outcome is counted.
+    join_started: Option<std::time::Instant>,
+    /// Counts this participant on the node while the room has it.
+    _presence: Option<GaugeGuard>,
 }
 
 impl Participant {
@@ -101,6 +110,19 @@ impl Participant {
             subscriptions: HashMap::new(),
             media_connected: false,
             left: false,
+            join_started: None,
+            _presence: None,
+        }
+    }
+
+    /// Counts the outcome of the join attempt, once.
+    fn join_ended(&mut self, result: JoinResult) {
+        let Some(started) = self.join_started.take() else {
+            return;
+        };
+        match result {
+            JoinResult::Success => self.node.metrics.join_connected(started.elapsed()),
+            other => self.node.metrics.join(other),
         }
     }
 
@@ -157,6 +179,7 @@ impl Participant {
             return self.send_error(ErrorCode::AlreadyJoined, "already joined", "join");
         }
         self.auto_subscribe = auto_subscribe;
+        self.join_started = Some(std::time::Instant::now());
         let node = self.node.clone();
         let name = self.room_name.clone();
         let hints = self.hints.clone();
@@ -167,6 +190,7 @@ impl Participant {
             Ok(Entered::Here(room, accepted)) => act.joined(room, accepted, ctx),
             Ok(Entered::Elsewhere { url, node, epoch }) => {
                 info!(room = %act.room_name, participant = %act.id, %node, "redirected");
+                act.join_ended(JoinResult::Redirected);
                 act.send(ServerMessage::Redirect { url, node, epoch });
                 act.outbox.close(CloseCode::Normal, "redirected");
                 act.left = true;
@@ -177,6 +201,11 @@ impl Participant {
     }
 
     fn refuse_join(&mut self, refusal: Refusal, ctx: &mut Context<Self>) {
+        self.join_ended(match &refusal {
+            Refusal::Full => JoinResult::RoomFull,
+            Refusal::Placement(_) => JoinResult::Unplaced,
+            Refusal::Internal => JoinResult::Error,
+        });
         let (code, message) = match refusal {
             Refusal::Full => (ErrorCode::RoomFull, "the room is full".to_owned()),
             Refusal::Placement(e) => {
@@ -211,6 +240,7 @@ impl Participant {
         info!(room = %self.room_name, participant = %self.id, identity = %self.claims.sub,
             "participant joined");
         self.room = Some(room);
+        self._presence = Some(self.node.metrics.participant());
         self.send(ServerMessage::Joined {
             protocol: PROTOCOL_VERSION,
             room: self.room_name.to_string(),
@@ -241,6 +271,7 @@ impl Participant {
             }
             Err(e) => {
                 warn!(participant = %act.id, error = %e, "peer connection could not be built");
+                act.join_ended(JoinResult::Error);
                 act.send_error(
                     ErrorCode::Internal,
                     "media is unavailable on this node",
@@ -351,6 +382,7 @@ impl Participant {
         debug!(participant = %self.id, %state, "peer connection state");
         if state == RTCPeerConnectionState::Connected {
             self.media_connected = true;
+            self.join_ended(JoinResult::Success);
             self.activate_subscriptions(ctx);
         }
         if matches!(
@@ -383,6 +415,8 @@ impl Actor for Participant {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Still pending: the session ended between the join request and media.
+        self.join_ended(JoinResult::Abandoned);
         for subscription in self.subscriptions.values() {
             subscription.stop();
         }
@@ -470,8 +504,8 @@ async fn enter(
     events: Recipient<RoomEvent>,
 ) -> Result<Entered, Refusal> {
     for _ in 0..ENTER_ATTEMPTS {
-        let epoch = match node.placement.admit(name, hints).await {
-            Ok(Admission::Here { epoch }) => epoch,
+        let (epoch, owner) = match node.placement.admit(name, hints).await {
+            Ok(Admission::Here { epoch, owner }) => (epoch, owner),
             Ok(Admission::Redirect { node, url, epoch }) => {
                 return Ok(Entered::Elsewhere { url, node, epoch })
             }
@@ -480,6 +514,7 @@ async fn enter(
         let open = OpenRoom {
             name: name.clone(),
             epoch,
+            owner,
         };
         let room = match node.registry.send(open).await {
             Ok(Ok(room)) => room,

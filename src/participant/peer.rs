@@ -28,6 +28,8 @@ use webrtc::peer_connection::{
 
 use crate::config::MediaConfig;
 use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
+use crate::metrics::rtcp::{RtcpTap, RTCP_TAP_SLOT};
+use crate::metrics::Metrics;
 use crate::signal::protocol::IceCandidate;
 
 /// What the peer connection tells its participant.
@@ -74,13 +76,16 @@ pub struct PeerFactory {
     media: MediaConfig,
     /// Round-robin cursor over the configured UDP port range.
     next_port: AtomicU32,
+    /// Every connection records its RTCP through a tap of its own.
+    metrics: Arc<Metrics>,
 }
 
 impl PeerFactory {
-    pub fn new(media: MediaConfig) -> Self {
+    pub fn new(media: MediaConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             media,
             next_port: AtomicU32::new(0),
+            metrics,
         }
     }
 
@@ -125,7 +130,11 @@ impl PeerFactory {
     ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
         let mut media_engine = media_engine()?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
-            .with(Slot::from(FEEDBACK_SLOT), KeyframeFeedback::default());
+            .with(Slot::from(FEEDBACK_SLOT), KeyframeFeedback::default())
+            .with(
+                Slot::from(RTCP_TAP_SLOT),
+                RtcpTap::new(self.metrics.clone()),
+            );
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media_engine)
@@ -214,7 +223,7 @@ fn codec(
     }
 }
 
-fn video_feedback() -> Vec<RTCPFeedback> {
+pub(crate) fn video_feedback() -> Vec<RTCPFeedback> {
     [
         ("nack", ""),
         ("nack", "pli"),

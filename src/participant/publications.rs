@@ -14,7 +14,7 @@ use super::Participant;
 use crate::ids::TrackId;
 use crate::media::codec::{MediaKind, VideoCodec};
 use crate::media::forwarder::ForwarderConfig;
-use crate::media::uptrack::{self, UpTrack, UpTrackCommand, UpTrackHandle};
+use crate::media::uptrack::{self, Source, UpTrack, UpTrackCommand, UpTrackHandle};
 use crate::room::messages::{PublishTrack, SetTrackMuted, UnpublishTrack};
 use crate::signal::protocol::{ErrorCode, TrackInfo, TrackKind, TrackSource};
 
@@ -136,10 +136,13 @@ impl Participant {
         let me = ctx.address();
         let up = UpTrack {
             track_id: info.id.clone(),
-            remote,
-            media_ssrc: facts.ssrc,
+            source: Source::Peer {
+                remote,
+                media_ssrc: facts.ssrc,
+            },
             codec: facts.codec.clone(),
             config: forwarder_config(facts.kind, &facts.codec.mime_type),
+            metrics: self.node.metrics.clone(),
         };
         let handle = uptrack::spawn(up, move |track_id| me.do_send(UpTrackEnded { track_id }));
         self.published.insert(
@@ -216,7 +219,7 @@ fn default_announced(kind: TrackKind) -> Announced {
     }
 }
 
-fn forwarder_config(kind: TrackKind, mime: &str) -> ForwarderConfig {
+pub(crate) fn forwarder_config(kind: TrackKind, mime: &str) -> ForwarderConfig {
     let (kind, codec) = match kind {
         TrackKind::Audio => (MediaKind::Audio, VideoCodec::Other),
         TrackKind::Video => (MediaKind::Video, VideoCodec::from_mime(mime)),

@@ -214,6 +214,7 @@ impl Participant {
             sub.local.clone(),
             queue,
             sub.up.clone(),
+            &self.node.metrics,
         ));
         let track_id = negotiated.track_id;
         self.send(ServerMessage::Subscribed {

@@ -16,6 +16,8 @@ use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo};
 pub struct OpenRoom {
     pub name: RoomName,
     pub epoch: Epoch,
+    /// This node owns the room, rather than holding a shard of it.
+    pub owner: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +67,31 @@ pub struct RoomDetail {
     pub room: String,
     pub epoch: Epoch,
     pub participants: Vec<ParticipantInfo>,
+    /// Nodes serving participants of the room, this one first.
+    pub nodes: Vec<String>,
+}
+
+/// Something a cascade link said or did, for the room it is about.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum CascadeNotice {
+    Up {
+        peer: String,
+    },
+    Down {
+        peer: String,
+    },
+    Control {
+        peer: String,
+        message: crate::cascade::wire::Control,
+    },
+}
+
+/// The nodes holding shards of the room, found at start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShardPeers {
+    pub nodes: Vec<crate::cluster::NodeInfo>,
 }
 
 /// An operator removes every session of an identity; answers how many.
@@ -80,6 +107,9 @@ pub struct RemoveIdentity {
 pub struct RoomClosed {
     pub name: RoomName,
     pub room: Addr<Room>,
+    /// The room's epoch when it closed, and whether this node owned it then.
+    pub epoch: Epoch,
+    pub owner: bool,
 }
 
 /// Number of open rooms and their participants, for readiness and logs.

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::cluster::{Epoch, Placement, PlacementEvent, RoomSummary};
+use crate::cascade::Cascade;
+use crate::cluster::{Placement, PlacementEvent, RoomSummary};
 use crate::ids::RoomName;
 use crate::room::messages::*;
 use crate::room::room::{Room, RoomSettings};
@@ -23,7 +24,6 @@ use crate::signal::protocol::LeaveReason;
 
 struct OpenRoomEntry {
     room: Addr<Room>,
-    epoch: Epoch,
     summary: RoomSummary,
     /// Another node owns the room now: close it without releasing anything.
     lost: bool,
@@ -34,6 +34,7 @@ pub struct RoomRegistry {
     /// Rooms closed here whose ownership is being released.
     releasing: HashSet<RoomName>,
     placement: Arc<dyn Placement>,
+    cascade: Option<Arc<Cascade>>,
     max_participants: usize,
     empty_timeout: Duration,
 }
@@ -48,6 +49,7 @@ struct Released {
 impl RoomRegistry {
     pub fn new(
         placement: Arc<dyn Placement>,
+        cascade: Option<Arc<Cascade>>,
         max_participants: usize,
         empty_timeout: Duration,
     ) -> Self {
@@ -55,15 +57,18 @@ impl RoomRegistry {
             rooms: HashMap::new(),
             releasing: HashSet::new(),
             placement,
+            cascade,
             max_participants,
             empty_timeout,
         }
     }
 
-    fn settings(&self, name: RoomName, epoch: Epoch, registry: Addr<Self>) -> RoomSettings {
+    fn settings(&self, open: &OpenRoom, registry: Addr<Self>) -> RoomSettings {
         RoomSettings {
-            name,
-            epoch,
+            name: open.name.clone(),
+            epoch: open.epoch,
+            owner: open.owner,
+            cascade: self.cascade.clone(),
             registry,
             placement: self.placement.clone(),
             gate: self.placement.gate(),
@@ -87,11 +92,10 @@ impl Handler<OpenRoom> for RoomRegistry {
         if self.releasing.contains(&msg.name) {
             return MessageResult(Err(OpenRefused::Releasing));
         }
-        let settings = self.settings(msg.name.clone(), msg.epoch, ctx.address());
+        let settings = self.settings(&msg, ctx.address());
         let room = Room::new(settings).start();
         let entry = OpenRoomEntry {
             room: room.clone(),
-            epoch: msg.epoch,
             summary: RoomSummary::default(),
             lost: false,
         };
@@ -110,14 +114,17 @@ impl Handler<RoomClosed> for RoomRegistry {
         let Some(entry) = self.rooms.remove(&msg.name) else {
             return;
         };
-        if entry.lost {
-            return;
-        }
         self.releasing.insert(msg.name.clone());
         let placement = self.placement.clone();
         let registry = ctx.address();
+        // A room lost to another node has nothing to release, but its shard
+        // record goes all the same.
+        let release = msg.owner && !entry.lost;
         actix::spawn(async move {
-            placement.release(&msg.name, entry.epoch).await;
+            if release {
+                placement.release(&msg.name, msg.epoch).await;
+            }
+            placement.leave_shard(&msg.name).await;
             registry.do_send(Released { name: msg.name });
         });
     }
@@ -155,9 +162,28 @@ impl Handler<PlacementNotice> for RoomRegistry {
                 }
             }
             PlacementEvent::RoomEpoch { room, epoch } => {
-                if let Some(entry) = self.rooms.get_mut(&room) {
-                    entry.epoch = epoch;
+                if let Some(entry) = self.rooms.get(&room) {
                     entry.room.do_send(SetEpoch { epoch });
+                }
+            }
+        }
+    }
+}
+
+impl Handler<CascadeNotice> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: CascadeNotice, _ctx: &mut Self::Context) {
+        match &msg {
+            CascadeNotice::Up { .. } | CascadeNotice::Down { .. } => {
+                for entry in self.rooms.values() {
+                    entry.room.do_send(msg.clone());
+                }
+            }
+            CascadeNotice::Control { message, .. } => {
+                let room = message.room().and_then(|r| RoomName::parse(r).ok());
+                if let Some(entry) = room.and_then(|r| self.rooms.get(&r)) {
+                    entry.room.do_send(msg);
                 }
             }
         }

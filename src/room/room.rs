@@ -5,16 +5,25 @@
 //! attach their down-tracks to the publisher's forwarder directly. Every change is
 //! broadcast to the participants as a [`RoomEvent`]. A room with nobody in it
 //! closes after the configured grace period, unless someone joins in time.
+//!
+//! In a cluster the actor is this node's *shard* of the room: `members` and
+//! `tracks` are the participants and tracks of this node; what other shards hold
+//! arrives over the cascade and lives in `peers` (see the `cascade` submodule).
 
-use std::collections::BTreeMap;
+mod cascade;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tracing::{debug, info};
 
+use crate::cascade::Cascade;
 use crate::cluster::{Epoch, FenceGate, Placement, RoomSummary};
 use crate::ids::{ParticipantId, RoomName, TrackId};
+use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::room::messages::*;
 use crate::room::registry::RoomRegistry;
@@ -35,6 +44,10 @@ pub struct RoomSettings {
     pub name: RoomName,
     /// The ownership epoch the placement granted for this room.
     pub epoch: Epoch,
+    /// This node owns the room (rather than holding a shard of it).
+    pub owner: bool,
+    /// The node's cascade, in a cluster.
+    pub cascade: Option<Arc<Cascade>>,
     pub registry: Addr<RoomRegistry>,
     pub placement: Arc<dyn Placement>,
     /// Checked before every join: a fenced node admits nobody.
@@ -46,6 +59,17 @@ pub struct RoomSettings {
 pub struct Room {
     name: RoomName,
     epoch: Epoch,
+    /// The epoch again, for imported tracks' requests to the publisher's node.
+    shared_epoch: Arc<AtomicI64>,
+    owner: bool,
+    cascade: Option<Arc<Cascade>>,
+    /// What other nodes' shards hold, by node id.
+    peers: BTreeMap<String, cascade::RemoteShard>,
+    /// Nodes known to hold a shard of the room (from etcd and from their messages).
+    peer_nodes: BTreeSet<String>,
+    /// Local tracks sent to other nodes: (node, channel) to the track and the
+    /// down-track that feeds the link.
+    exports: HashMap<(String, u64), (TrackId, DownTrackKey)>,
     registry: Addr<RoomRegistry>,
     placement: Arc<dyn Placement>,
     gate: Arc<FenceGate>,
@@ -68,6 +92,12 @@ impl Room {
         Self {
             name: settings.name,
             epoch: settings.epoch,
+            shared_epoch: Arc::new(AtomicI64::new(settings.epoch)),
+            owner: settings.owner,
+            cascade: settings.cascade,
+            peers: BTreeMap::new(),
+            peer_nodes: BTreeSet::new(),
+            exports: HashMap::new(),
             registry: settings.registry,
             placement: settings.placement,
             gate: settings.gate,
@@ -90,7 +120,11 @@ impl Room {
 
     /// Publishes the membership totals soon, once for a burst of changes.
     fn summary_changed(&mut self, ctx: &mut Context<Self>) {
-        if self.summary_pending || self.closed {
+        if self.closed {
+            return;
+        }
+        self.shard_changed();
+        if self.summary_pending {
             return;
         }
         self.summary_pending = true;
@@ -137,9 +171,12 @@ impl Room {
         for track in self.tracks.values() {
             track.handle.send(UpTrackCommand::Stop);
         }
+        self.shard_closed();
         self.registry.do_send(RoomClosed {
             name: self.name.clone(),
             room: ctx.address(),
+            epoch: self.epoch,
+            owner: self.owner,
         });
         ctx.stop();
     }
@@ -177,6 +214,7 @@ impl Room {
             return;
         };
         track.handle.send(UpTrackCommand::Stop);
+        self.exports.retain(|_, (exported, _)| exported != track_id);
         let event = RoomEvent::TrackUnpublished {
             participant_id: participant_id.clone(),
             track_id: track_id.clone(),
@@ -224,7 +262,8 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        info!(room = %self.name, "room opened");
+        info!(room = %self.name, epoch = self.epoch, owner = self.owner, "room opened");
+        self.find_peers(ctx);
         // A room opened for a join that never arrives must not linger.
         self.schedule_close(ctx);
     }
@@ -240,23 +279,24 @@ impl Handler<Join> for Room {
         if !self.gate.is_open_now() {
             return Err(JoinRefused::Fenced);
         }
-        self.summary_changed(ctx);
         self.evict_identity(&msg.info.identity);
         if self.members.len() >= self.max_participants {
             return Err(JoinRefused::Full);
         }
         self.generation += 1;
 
-        let others = self
+        let mut others: Vec<ParticipantInfo> = self
             .members
             .keys()
             .filter_map(|id| self.snapshot_of(id))
             .collect();
-        let tracks = self
+        others.extend(self.remote_participants());
+        let mut tracks: Vec<(TrackInfo, UpTrackHandle)> = self
             .tracks
             .values()
             .map(|t| (t.info.clone(), t.handle.clone()))
             .collect();
+        tracks.extend(self.remote_tracks());
         self.broadcast(RoomEvent::ParticipantJoined(msg.info.clone()), None);
         let id = msg.info.id.clone();
         self.members.insert(
@@ -266,6 +306,7 @@ impl Handler<Join> for Room {
                 events: msg.events,
             },
         );
+        self.summary_changed(ctx);
         Ok(JoinAccepted { others, tracks })
     }
 }
@@ -284,7 +325,6 @@ impl Handler<PublishTrack> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: PublishTrack, ctx: &mut Self::Context) {
-        self.summary_changed(ctx);
         // A track that lost the race with its publisher's departure is stopped at once.
         if !self.members.contains_key(&msg.info.participant_id) {
             msg.handle.send(UpTrackCommand::Stop);
@@ -302,6 +342,7 @@ impl Handler<PublishTrack> for Room {
             },
         );
         self.broadcast(event, None);
+        self.summary_changed(ctx);
     }
 }
 
@@ -309,13 +350,13 @@ impl Handler<UnpublishTrack> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: UnpublishTrack, ctx: &mut Self::Context) {
-        self.summary_changed(ctx);
         let owned = self
             .tracks
             .get(&msg.track_id)
             .is_some_and(|t| t.info.participant_id == msg.participant_id);
         if owned {
             self.unpublish(&msg.participant_id, &msg.track_id);
+            self.summary_changed(ctx);
         }
     }
 }
@@ -336,6 +377,7 @@ impl Handler<SetTrackMuted> for Room {
             muted: msg.muted,
         };
         self.broadcast(event, None);
+        self.shard_changed();
         true
     }
 }
@@ -344,8 +386,10 @@ impl Handler<FindTrack> for Room {
     type Result = Option<(TrackInfo, UpTrackHandle)>;
 
     fn handle(&mut self, msg: FindTrack, _ctx: &mut Self::Context) -> Self::Result {
-        let track = self.tracks.get(&msg.track_id)?;
-        Some((track.info.clone(), track.handle.clone()))
+        match self.tracks.get(&msg.track_id) {
+            Some(track) => Some((track.info.clone(), track.handle.clone())),
+            None => self.remote_track(&msg.track_id),
+        }
     }
 }
 
@@ -370,12 +414,34 @@ impl Handler<CutIdentity> for Room {
     }
 }
 
+impl Handler<CascadeNotice> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: CascadeNotice, ctx: &mut Self::Context) {
+        match msg {
+            CascadeNotice::Up { peer } => self.peer_up(&peer),
+            CascadeNotice::Down { peer } => self.peer_down(&peer),
+            CascadeNotice::Control { peer, message } => self.on_control(&peer, message, ctx),
+        }
+    }
+}
+
+impl Handler<ShardPeers> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShardPeers, _ctx: &mut Self::Context) {
+        for node in msg.nodes {
+            self.add_peer_node(&node);
+        }
+    }
+}
+
 impl Handler<SetEpoch> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: SetEpoch, ctx: &mut Self::Context) {
         info!(room = %self.name, old = self.epoch, epoch = msg.epoch, "room epoch renewed");
-        self.epoch = msg.epoch;
+        self.set_epoch(msg.epoch, true);
         self.summary_changed(ctx);
     }
 }
@@ -384,15 +450,17 @@ impl Handler<GetRoomDetail> for Room {
     type Result = MessageResult<GetRoomDetail>;
 
     fn handle(&mut self, _msg: GetRoomDetail, _ctx: &mut Self::Context) -> Self::Result {
-        let participants = self
+        let mut participants: Vec<ParticipantInfo> = self
             .members
             .keys()
             .filter_map(|id| self.snapshot_of(id))
             .collect();
+        participants.extend(self.remote_participants());
         MessageResult(RoomDetail {
             room: self.name.to_string(),
             epoch: self.epoch,
             participants,
+            nodes: self.nodes_with_participants(),
         })
     }
 }
@@ -407,6 +475,7 @@ impl Handler<RemoveIdentity> for Room {
             .filter(|(_, m)| m.info.identity == msg.identity)
             .map(|(id, _)| id.clone())
             .collect();
+        let remote = self.remove_remote_identity(&msg.identity);
         for id in &removed {
             if let Some(member) = self.members.get(id) {
                 member.events.do_send(RoomEvent::Kick {
@@ -417,6 +486,6 @@ impl Handler<RemoveIdentity> for Room {
         }
         self.summary_changed(ctx);
         self.schedule_close(ctx);
-        removed.len()
+        removed.len() + remote
     }
 }

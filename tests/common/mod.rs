@@ -24,10 +24,13 @@ use rtc::rtp::packet::Packet;
 
 pub const API_KEY: &str = "testkey";
 pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123";
+pub const CASCADE_SECRET: &str = "cascade-secret-for-tests-0123456789abcdef";
 
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
+    /// The metrics listener's address.
+    pub metrics_addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -42,6 +45,7 @@ impl Node {
         let path = dir.path().join("relais.toml");
         let config = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ip = \"127.0.0.1\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\
              [auth.keys]\n{API_KEY} = \"{SECRET}\"\n[log]\nlevel = \"info\"\n{extra}"
         );
         std::fs::write(&path, config).expect("write config");
@@ -55,14 +59,15 @@ impl Node {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start relais");
-        let addr = read_address(child.stdout.take().expect("stdout"));
-        let Some(addr) = addr else {
+        let addrs = read_addresses(child.stdout.take().expect("stdout"));
+        let Some((addr, metrics_addr)) = addrs else {
             let _ = child.kill();
-            panic!("relais did not report its address");
+            panic!("relais did not report its addresses");
         };
         Node {
             child,
             addr,
+            metrics_addr,
             _dir: dir,
         }
     }
@@ -124,6 +129,28 @@ impl Node {
         }
     }
 
+    /// Waits until `/readyz` answers 200: a cluster node admits nobody before its
+    /// lease is granted.
+    pub fn wait_ready(&self) {
+        wait_for(Duration::from_secs(15), "ready", || {
+            (self.http_get("/readyz").0 == 200).then_some(())
+        });
+    }
+
+    /// Joins and waits for `joined`; `auto_subscribe` as the client asks it.
+    pub async fn join_with(&self, room: &str, identity: &str, auto_subscribe: bool) -> Client {
+        let mut options = self.options(room, identity);
+        options.auto_subscribe = auto_subscribe;
+        let mut client = Client::connect(options).await.expect("connect");
+        client
+            .wait_for(Duration::from_secs(20), "joined", |e| {
+                matches!(e, ClientEvent::Server(ServerMessage::Joined { .. })).then_some(())
+            })
+            .await
+            .expect("joined");
+        client
+    }
+
     pub async fn join(&self, room: &str, identity: &str) -> Client {
         let mut client = Client::connect(self.options(room, identity))
             .await
@@ -146,6 +173,13 @@ impl Node {
     /// A plain HTTP request without a body; returns status code and body.
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
         http_at(&self.addr.to_string(), method, path, None)
+    }
+
+    /// The node's metrics in the Prometheus text format.
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_at(&self.metrics_addr.to_string(), "GET", "/metrics", None);
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
     }
 }
 
@@ -181,7 +215,8 @@ impl Node {
     pub fn start_clustered(etcd: &str, id: &str, region: &str, extra: &str) -> Node {
         let config = format!(
             "[node]\nid = \"{id}\"\nregion = \"{region}\"\n\
-             [cluster]\netcd_endpoints = [\"{etcd}\"]\n{extra}"
+             [cluster]\netcd_endpoints = [\"{etcd}\"]\ncascade_listen = \"127.0.0.1:0\"\n\
+             cascade_secret = \"{CASCADE_SECRET}\"\n{extra}"
         );
         Self::start_with(&config)
     }
@@ -249,14 +284,18 @@ impl Drop for Node {
 }
 
 /// Reads the log until the serving line, then keeps draining it in the background.
-fn read_address(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
+/// Returns the HTTP and the metrics addresses; the metrics line comes first.
+fn read_addresses(stdout: std::process::ChildStdout) -> Option<(SocketAddr, SocketAddr)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut sent = false;
+        let (mut sent, mut metrics) = (false, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if !sent {
-                if let Some(addr) = parse_addr(&line) {
-                    let _ = tx.send(addr);
+                metrics = metrics.or_else(|| parse_addr(&line, "metrics are served"));
+                if let (Some(addr), Some(metrics)) =
+                    (parse_addr(&line, "relais is serving"), metrics)
+                {
+                    let _ = tx.send((addr, metrics));
                     sent = true;
                 }
             }
@@ -268,8 +307,8 @@ fn read_address(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
     rx.recv_timeout(Duration::from_secs(30)).ok()
 }
 
-fn parse_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split("relais is serving").nth(1)?;
+fn parse_addr(line: &str, message: &str) -> Option<SocketAddr> {
+    let rest = line.split(message).nth(1)?;
     let field = rest
         .split_whitespace()
         .find_map(|f| f.strip_prefix("addr="))?;
@@ -353,4 +392,33 @@ pub async fn published_ids(client: &mut Client, cids: &[&str]) -> Vec<TrackId> {
         .await
         .expect("tracks published");
     found.into_iter().flatten().collect()
+}
+
+/// Polls `probe` until it returns `Some`, or panics naming `what` at the deadline.
+pub fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The room's owner node and epoch as the cluster lists them, asked through `node`.
+pub fn owner_of(node: &Node, room: &str) -> Option<(String, i64)> {
+    let (status, rooms) = node.admin("GET", "/admin/rooms");
+    if status != 200 {
+        return None;
+    }
+    rooms["rooms"].as_array()?.iter().find_map(|r| {
+        if r["room"] != room {
+            return None;
+        }
+        Some((r["owner"].as_str()?.to_owned(), r["epoch"].as_i64()?))
+    })
 }

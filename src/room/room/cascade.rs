@@ -1,0 +1,453 @@
+//! The room's side of cascading: telling other shards what this node holds,
+//! showing local participants what they hold, and moving media on demand.
+//!
+//! Each shard is the authority on its own participants and tracks and sends a
+//! full snapshot of them to every other shard on each change; a snapshot replaces
+//! the previous one from the same node, so a lost or repeated message heals with
+//! the next. A link that goes down takes that node's participants and tracks out
+//! of the room here; when it comes back, the shards exchange snapshots again.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{debug, info, warn};
+
+use super::Room;
+use crate::cascade::wire::{CodecInfo, Control, RemoteTrack};
+use crate::cascade::{self, ImportOrigin};
+use crate::cluster::{ClusterCounters, Epoch, NodeInfo};
+use crate::ids::{ParticipantId, TrackId};
+use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
+use crate::room::messages::{RoomEvent, SetEpoch, ShardPeers};
+use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo};
+
+/// How often a shard of a room owned elsewhere checks that the owner still exists.
+const OWNER_CHECK: Duration = Duration::from_secs(1);
+
+/// What another node's shard holds.
+#[derive(Default)]
+pub(super) struct RemoteShard {
+    participants: BTreeMap<ParticipantId, ParticipantInfo>,
+    tracks: BTreeMap<TrackId, Imported>,
+}
+
+/// A track of another node, imported here.
+struct Imported {
+    info: TrackInfo,
+    handle: UpTrackHandle,
+    channel: u64,
+}
+
+impl Room {
+    pub(super) fn set_epoch(&mut self, epoch: Epoch, owner: bool) {
+        self.epoch = epoch;
+        self.shared_epoch.store(epoch, Ordering::Relaxed);
+        self.owner = owner;
+    }
+
+    pub(super) fn remote_participants(&self) -> Vec<ParticipantInfo> {
+        self.peers
+            .values()
+            .flat_map(|shard| {
+                shard.participants.values().map(|p| {
+                    let mut p = p.clone();
+                    p.tracks = shard
+                        .tracks
+                        .values()
+                        .filter(|t| t.info.participant_id == p.id)
+                        .map(|t| t.info.clone())
+                        .collect();
+                    p
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn remote_tracks(&self) -> Vec<(TrackInfo, UpTrackHandle)> {
+        self.peers
+            .values()
+            .flat_map(|shard| shard.tracks.values())
+            .map(|t| (t.info.clone(), t.handle.clone()))
+            .collect()
+    }
+
+    pub(super) fn remote_track(&self, id: &TrackId) -> Option<(TrackInfo, UpTrackHandle)> {
+        self.peers
+            .values()
+            .find_map(|shard| shard.tracks.get(id))
+            .map(|t| (t.info.clone(), t.handle.clone()))
+    }
+
+    pub(super) fn nodes_with_participants(&self) -> Vec<String> {
+        let mut nodes = vec![self.placement.node().id];
+        nodes.extend(
+            self.peers
+                .iter()
+                .filter(|(_, shard)| !shard.participants.is_empty())
+                .map(|(node, _)| node.clone()),
+        );
+        nodes
+    }
+
+    /// Asks the nodes serving `identity` elsewhere to end its sessions.
+    pub(super) fn remove_remote_identity(&self, identity: &str) -> usize {
+        let mut removed = 0;
+        for (node, shard) in &self.peers {
+            for p in shard
+                .participants
+                .values()
+                .filter(|p| p.identity == identity)
+            {
+                let message = Control::Remove {
+                    room: self.name.to_string(),
+                    epoch: self.epoch,
+                    participant: p.id.clone(),
+                };
+                if self.send_to(node, &message) {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    fn send_to(&self, node: &str, message: &Control) -> bool {
+        self.cascade
+            .as_ref()
+            .is_some_and(|c| c.links.send(node, message))
+    }
+
+    fn snapshot(&self, reply: bool) -> Control {
+        let participants = self
+            .members
+            .values()
+            .map(|m| {
+                let mut info = m.info.clone();
+                info.tracks.clear();
+                info
+            })
+            .collect();
+        let tracks = self
+            .tracks
+            .values()
+            .map(|t| RemoteTrack {
+                info: t.info.clone(),
+                codec: CodecInfo::of(&t.handle.codec),
+            })
+            .collect();
+        Control::Shard {
+            room: self.name.to_string(),
+            epoch: self.epoch,
+            participants,
+            tracks,
+            reply,
+        }
+    }
+
+    /// Sends this shard's snapshot to every other shard.
+    pub(super) fn shard_changed(&self) {
+        if self.cascade.is_none() || self.peer_nodes.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot(false);
+        for node in &self.peer_nodes {
+            self.send_to(node, &snapshot);
+        }
+    }
+
+    /// The room closes here: the others forget this shard, imports stop.
+    pub(super) fn shard_closed(&mut self) {
+        let message = Control::ShardClosed {
+            room: self.name.to_string(),
+            epoch: self.epoch,
+        };
+        for node in &self.peer_nodes {
+            self.send_to(node, &message);
+        }
+        let peers: Vec<String> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            self.forget_peer(&peer, false);
+        }
+    }
+
+    /// Looks up the other shards in etcd, and keeps checking that the room has an
+    /// owner while it is owned elsewhere.
+    pub(super) fn find_peers(&mut self, ctx: &mut Context<Self>) {
+        if self.cascade.is_none() {
+            return;
+        }
+        self.refresh_peers(ctx);
+        ctx.run_interval(OWNER_CHECK, |room, ctx| {
+            if room.closed {
+                return;
+            }
+            // Shards that opened at the same moment may have missed each other.
+            room.refresh_peers(ctx);
+            if room.owner {
+                return;
+            }
+            let (placement, name) = (room.placement.clone(), room.name.clone());
+            let me = ctx.address();
+            actix::spawn(async move {
+                if let Ok(Some(epoch)) = placement.take_over(&name).await {
+                    me.do_send(SetEpoch { epoch });
+                }
+            });
+        });
+    }
+
+    fn refresh_peers(&self, ctx: &mut Context<Self>) {
+        let (placement, name, me) = (self.placement.clone(), self.name.clone(), ctx.address());
+        actix::spawn(async move {
+            match placement.shard_peers(&name).await {
+                Ok(nodes) => me.do_send(ShardPeers { nodes }),
+                Err(e) => debug!(room = %name, error = %e, "cannot list the room's other shards"),
+            }
+        });
+    }
+
+    pub(super) fn add_peer_node(&mut self, node: &NodeInfo) {
+        let Some(cascade) = self.cascade.clone() else {
+            return;
+        };
+        if node.id == self.placement.node().id {
+            return;
+        }
+        let addr = node.cascade.as_deref().and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            warn!(room = %self.name, node = %node.id, "peer has no cascade address");
+            return;
+        };
+        // Wanting again is cheap, and redials a node that was given up on.
+        let new = self.peer_nodes.insert(node.id.clone());
+        cascade.links.want(&node.id, addr);
+        if new && cascade.links.is_up(&node.id) {
+            self.send_to(&node.id, &self.snapshot(true));
+        }
+    }
+
+    pub(super) fn peer_up(&mut self, peer: &str) {
+        if self.peer_nodes.contains(peer) {
+            self.send_to(peer, &self.snapshot(true));
+        }
+    }
+
+    pub(super) fn peer_down(&mut self, peer: &str) {
+        self.forget_peer(peer, true);
+    }
+
+    /// Takes a node's participants and tracks out of the room here.
+    fn forget_peer(&mut self, peer: &str, tell_locals: bool) {
+        self.exports.retain(|(node, _), _| node != peer);
+        let Some(shard) = self.peers.remove(peer) else {
+            return;
+        };
+        for id in shard.participants.keys() {
+            if tell_locals {
+                self.broadcast(
+                    RoomEvent::ParticipantLeft {
+                        participant_id: id.clone(),
+                        reason: LeaveReason::Disconnected,
+                    },
+                    None,
+                );
+            }
+        }
+        for track in shard.tracks.into_values() {
+            self.stop_import(peer, &track, tell_locals);
+        }
+    }
+
+    fn stop_import(&self, peer: &str, track: &Imported, tell_locals: bool) {
+        if tell_locals {
+            self.broadcast(
+                RoomEvent::TrackUnpublished {
+                    participant_id: track.info.participant_id.clone(),
+                    track_id: track.info.id.clone(),
+                },
+                None,
+            );
+        }
+        track.handle.send(UpTrackCommand::Stop);
+        if let Some(cascade) = &self.cascade {
+            cascade.links.unroute(peer, track.channel);
+        }
+    }
+
+    /// Accepts `got` unless it is older than the room's epoch; a newer one means
+    /// another node owns the room now.
+    fn accept_epoch(&mut self, peer: &str, got: Epoch) -> bool {
+        if got < self.epoch {
+            ClusterCounters::bump(&self.placement.counters().stale_epoch);
+            warn!(room = %self.name, %peer, got, epoch = self.epoch, "stale epoch refused");
+            return false;
+        }
+        if got > self.epoch {
+            info!(room = %self.name, %peer, old = self.epoch, epoch = got, "newer epoch");
+            self.set_epoch(got, false);
+        }
+        true
+    }
+
+    pub(super) fn on_control(&mut self, peer: &str, message: Control, ctx: &mut Context<Self>) {
+        match message {
+            Control::Shard {
+                epoch,
+                participants,
+                tracks,
+                reply,
+                ..
+            } => {
+                if !self.accept_epoch(peer, epoch) {
+                    return;
+                }
+                if !self.peer_nodes.contains(peer) {
+                    if let Some(node) = self.placement.member(peer) {
+                        self.add_peer_node(&node);
+                    }
+                    self.peer_nodes.insert(peer.to_owned());
+                }
+                self.apply_shard(peer, participants, tracks);
+                if reply {
+                    self.send_to(peer, &self.snapshot(false));
+                }
+            }
+            Control::ShardClosed { epoch, .. } => {
+                if self.accept_epoch(peer, epoch) {
+                    self.forget_peer(peer, true);
+                    self.peer_nodes.remove(peer);
+                }
+            }
+            Control::Subscribe {
+                epoch,
+                track,
+                channel,
+                ..
+            } => {
+                if self.accept_epoch(peer, epoch) {
+                    self.export(peer, &track, channel);
+                }
+            }
+            Control::Unsubscribe { channel, .. } => {
+                if let Some((track, key)) = self.exports.remove(&(peer.to_owned(), channel)) {
+                    if let Some(t) = self.tracks.get(&track) {
+                        t.handle.send(UpTrackCommand::RemoveDownTrack { key });
+                    }
+                }
+            }
+            Control::Keyframe { track, .. } => {
+                let from = self
+                    .exports
+                    .iter()
+                    .find(|((node, _), (t, _))| node == peer && *t == track)
+                    .map(|(_, (_, key))| *key);
+                if let (Some(from), Some(t)) = (from, self.tracks.get(&track)) {
+                    t.handle.send(UpTrackCommand::KeyframeRequest { from });
+                }
+            }
+            Control::Remove {
+                epoch, participant, ..
+            } => {
+                if self.accept_epoch(peer, epoch) {
+                    if let Some(member) = self.members.get(&participant) {
+                        member.events.do_send(RoomEvent::Kick {
+                            reason: LeaveReason::Removed,
+                        });
+                        self.remove_member(&participant, LeaveReason::Removed);
+                        self.summary_changed(ctx);
+                        self.schedule_close(ctx);
+                    }
+                }
+            }
+            Control::Hello { .. } => {}
+        }
+    }
+
+    fn export(&mut self, peer: &str, track: &TrackId, channel: u64) {
+        let (Some(cascade), Some(local)) = (&self.cascade, self.tracks.get(track)) else {
+            debug!(room = %self.name, %peer, %track, "subscribe for a track not here");
+            return;
+        };
+        if let Some(key) = cascade::export(cascade, peer, channel, &local.handle) {
+            self.exports
+                .insert((peer.to_owned(), channel), (track.clone(), key));
+        }
+    }
+
+    /// Replaces what `peer` holds with its new snapshot, telling local
+    /// participants what changed: arrivals before their tracks, departures first.
+    fn apply_shard(
+        &mut self,
+        peer: &str,
+        participants: Vec<ParticipantInfo>,
+        tracks: Vec<RemoteTrack>,
+    ) {
+        let Some(cascade) = self.cascade.clone() else {
+            return;
+        };
+        let mut old = self.peers.remove(peer).unwrap_or_default();
+        let mut shard = RemoteShard::default();
+        for p in participants {
+            if old.participants.remove(&p.id).is_none() {
+                self.broadcast(RoomEvent::ParticipantJoined(p.clone()), None);
+            }
+            shard.participants.insert(p.id.clone(), p);
+        }
+        for gone in old.participants.keys() {
+            self.broadcast(
+                RoomEvent::ParticipantLeft {
+                    participant_id: gone.clone(),
+                    reason: LeaveReason::Disconnected,
+                },
+                None,
+            );
+        }
+        for track in tracks {
+            let id = track.info.id.clone();
+            match old.tracks.remove(&id) {
+                Some(mut existing) => {
+                    if existing.info.muted != track.info.muted {
+                        let event = RoomEvent::TrackMuted {
+                            track_id: id.clone(),
+                            muted: track.info.muted,
+                        };
+                        self.broadcast(event, None);
+                    }
+                    existing.info = track.info;
+                    shard.tracks.insert(id, existing);
+                }
+                None => {
+                    let channel = cascade.channel();
+                    let origin = ImportOrigin {
+                        cascade: cascade.clone(),
+                        peer: peer.to_owned(),
+                        room: self.name.to_string(),
+                        track: id.clone(),
+                        epoch: self.shared_epoch.clone(),
+                        channel,
+                    };
+                    let imported = cascade::import(origin, track.info.kind, &track.codec, |_| {});
+                    let event = RoomEvent::TrackPublished {
+                        info: track.info.clone(),
+                        handle: imported.handle.clone(),
+                    };
+                    shard.tracks.insert(
+                        id,
+                        Imported {
+                            info: track.info,
+                            handle: imported.handle,
+                            channel,
+                        },
+                    );
+                    self.broadcast(event, None);
+                }
+            }
+        }
+        for gone in old.tracks.values() {
+            self.stop_import(peer, gone, true);
+        }
+        self.peers.insert(peer.to_owned(), shard);
+    }
+}
