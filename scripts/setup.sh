@@ -2,8 +2,8 @@
 # Installs what building and testing relais needs on a Debian machine that has only
 # the Rust toolchain: a C compiler for the crypto crates, protoc for the etcd client,
 # etcd for the cluster tests, Prometheus and Docker for the metrics and compose tests,
-# and the headless browser the end-to-end tests drive. Idempotent and quiet when
-# everything is there.
+# Janus (which the benchmark and the load tests compare relais with), and the headless
+# browser the end-to-end tests drive. Idempotent and quiet when everything is there.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,8 @@ command -v docker >/dev/null 2>&1 || missing="$missing docker.io"
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
     missing="$missing docker-compose"
 fi
+# The benchmark and a load test compare relais with a Janus VideoRoom.
+command -v janus >/dev/null 2>&1 || missing="$missing janus"
 if [ -n "$missing" ]; then
     echo "setup: installing$missing" >&2
     export DEBIAN_FRONTEND=noninteractive

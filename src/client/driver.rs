@@ -1,71 +1,26 @@
 //! The client's driver task: owns the socket and the peer connection.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
-};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     nack_pairs_from_sequence_numbers, TransportLayerNack,
 };
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message};
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    register_default_interceptors, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
-};
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
 
-use super::lossy::LossyRuntime;
-use super::{ClientError, ClientEvent, ClientOptions, Command, Feedback, LocalTrack, PublishCodec};
+use super::peer::{add_local_track, build_peer, read_track, PeerEvent};
+use super::{ClientError, ClientEvent, ClientOptions, Command, Feedback};
 use crate::ids::TrackId;
-use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
-use crate::participant::peer::media_engine;
 use crate::signal::protocol::{ClientMessage, IceCandidate, ServerMessage};
-
-/// Must match one of the H.264 formats the server registers.
-const H264_CONSTRAINED_BASELINE: &str =
-    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
 /// How long `close` waits for the server to acknowledge `leave`.
 const LEAVE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-enum PeerEvent {
-    Candidate(RTCIceCandidateInit),
-    State(RTCPeerConnectionState),
-    Track(Arc<dyn TrackRemote>),
-}
-
-struct Handler {
-    tx: mpsc::UnboundedSender<PeerEvent>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            let _ = self.tx.send(PeerEvent::Candidate(init));
-        }
-    }
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let _ = self.tx.send(PeerEvent::State(state));
-    }
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.tx.send(PeerEvent::Track(track));
-    }
-}
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -104,7 +59,7 @@ pub(super) async fn start(
     };
 
     let (peer_tx, peer_rx) = mpsc::unbounded_channel();
-    let (pc, dropped) = build_peer(options, peer_tx).await?;
+    let (pc, dropped) = build_peer(options.bind_ip, options.drop_every_nth_rtp, peer_tx).await?;
     let (command_tx, command_rx) = mpsc::unbounded_channel();
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
@@ -122,34 +77,6 @@ pub(super) async fn start(
         driver.run(socket, join, command_rx, peer_rx).await;
     });
     Ok((command_tx, event_rx, dropped))
-}
-
-async fn build_peer(
-    options: &ClientOptions,
-    tx: mpsc::UnboundedSender<PeerEvent>,
-) -> Result<(Arc<dyn PeerConnection>, Arc<AtomicU64>), ClientError> {
-    let mut engine = media_engine()?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?.with(
-        rtc::interceptor::Slot::from(FEEDBACK_SLOT),
-        KeyframeFeedback::default(),
-    );
-    let settings = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .build();
-    let lossy = LossyRuntime::new(options.drop_every_nth_rtp.unwrap_or(u64::MAX));
-    let dropped = lossy.dropped.clone();
-    let mut builder = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(engine)
-        .with_interceptor_registry(registry)
-        .with_setting_engine(settings)
-        .with_handler(Arc::new(Handler { tx }))
-        .with_udp_addrs(vec![std::net::SocketAddr::new(options.bind_ip, 0)]);
-    if options.drop_every_nth_rtp.is_some() {
-        builder = builder.with_runtime(Arc::new(lossy));
-    }
-    let pc = builder.build().await?;
-    Ok((Arc::new(pc), dropped))
 }
 
 struct Driver {
@@ -290,7 +217,7 @@ impl Driver {
                     muted: false,
                 };
                 let mut out = vec![to_json(&announce)];
-                match self.add_local_track(cid, codec).await {
+                match add_local_track(&self.pc, cid, codec).await {
                     Ok(track) => {
                         let _ = reply.send(Ok(track));
                         self.want_offer = true;
@@ -328,64 +255,6 @@ impl Driver {
         let _ = remote.write_rtcp(vec![packet]).await;
     }
 
-    async fn add_local_track(
-        &mut self,
-        cid: String,
-        publish: PublishCodec,
-    ) -> Result<LocalTrack, ClientError> {
-        let (codec, payload_type, codec_kind) = match publish {
-            PublishCodec::Opus => (
-                codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1"),
-                111,
-                RtpCodecKind::Audio,
-            ),
-            PublishCodec::Vp8 => (codec(MIME_TYPE_VP8, 90_000, 0, ""), 96, RtpCodecKind::Video),
-            PublishCodec::H264 => (
-                codec(MIME_TYPE_H264, 90_000, 0, H264_CONSTRAINED_BASELINE),
-                125,
-                RtpCodecKind::Video,
-            ),
-        };
-        let kind = publish.kind();
-        let ssrc = rand::random::<u32>().max(1);
-        let encoding = RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                ..Default::default()
-            },
-            codec,
-            ..Default::default()
-        };
-        let stream_id = format!("stream-{cid}");
-        let media = MediaStreamTrack::new(
-            stream_id,
-            MediaStreamTrackId::from(cid.clone()),
-            cid.clone(),
-            codec_kind,
-            vec![encoding],
-        );
-        let track: Arc<dyn TrackLocal> = Arc::new(TrackLocalStaticRTP::new(media));
-        self.pc.add_track(track.clone()).await?;
-
-        let keyframe_wanted = Arc::new(AtomicBool::new(false));
-        let keyframe_requests = Arc::new(AtomicU64::new(0));
-        let watch = watch_feedback(
-            track.clone(),
-            keyframe_wanted.clone(),
-            keyframe_requests.clone(),
-        );
-        tokio::spawn(watch);
-        Ok(LocalTrack {
-            cid,
-            kind,
-            track,
-            ssrc,
-            payload_type,
-            keyframe_wanted,
-            keyframe_requests,
-        })
-    }
-
     async fn on_peer(&mut self, event: PeerEvent) -> Vec<String> {
         match event {
             PeerEvent::Candidate(init) => {
@@ -409,52 +278,6 @@ impl Driver {
                 Vec::new()
             }
         }
-    }
-}
-
-async fn watch_feedback(
-    track: Arc<dyn TrackLocal>,
-    wanted: Arc<AtomicBool>,
-    count: Arc<AtomicU64>,
-) {
-    while let Some(event) = track.poll().await {
-        // Only PLI and FIR get here: the feedback interceptor lets nothing else through.
-        if let TrackLocalEvent::OnRtcpPacket(packets) = event {
-            count.fetch_add(packets.len() as u64, Ordering::Relaxed);
-            wanted.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-async fn read_track(
-    remote: Arc<dyn TrackRemote>,
-    track_id: TrackId,
-    events: mpsc::UnboundedSender<ClientEvent>,
-) {
-    while let Some(event) = remote.poll().await {
-        match event {
-            TrackRemoteEvent::OnRtpPacket(packet) => {
-                let rtp = ClientEvent::Rtp {
-                    track_id: track_id.clone(),
-                    packet,
-                };
-                if events.send(rtp).is_err() {
-                    return;
-                }
-            }
-            TrackRemoteEvent::OnEnded => return,
-            _ => {}
-        }
-    }
-}
-
-fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str) -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: mime.to_owned(),
-        clock_rate,
-        channels,
-        sdp_fmtp_line: fmtp.to_owned(),
-        rtcp_feedback: Vec::new(),
     }
 }
 

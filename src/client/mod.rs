@@ -8,6 +8,7 @@
 
 mod driver;
 pub mod lossy;
+pub(crate) mod peer;
 
 use std::collections::VecDeque;
 use std::net::IpAddr;

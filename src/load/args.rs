@@ -10,11 +10,14 @@ use std::time::Duration;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 
-use super::{LoadConfig, LoadError};
+use super::{LoadConfig, LoadError, Target};
 
 /// Joins simulated participants to running nodes and measures what they forward.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
+    /// The kind of server to measure; for janus, --url is its WebSocket address.
+    #[arg(long, value_enum, default_value = "relais")]
+    pub target: Target,
     /// Base URL of a node; repeat the flag (or separate with commas) for several
     /// nodes. Rooms are spread over them round-robin.
     #[arg(
@@ -73,14 +76,22 @@ pub struct LoadArgs {
     /// never meet each other's rooms.
     #[arg(long)]
     pub room_prefix: Option<String>,
+    /// Fault injection: publishers leave out every N-th media packet, a loss no
+    /// retransmission repairs, to check that the measurement reports it.
+    #[arg(long = "drop-every-nth", value_name = "N")]
+    pub drop_every_nth_sent: Option<u64>,
 }
 
 impl LoadArgs {
     /// The run these arguments ask for; `env_keys` is the value of RELAIS_API_KEYS.
     pub fn into_config(self, env_keys: Option<&str>) -> Result<LoadConfig, LoadError> {
-        let (api_key, api_secret) = credentials(self.api_key, self.api_secret, env_keys)?;
+        let (api_key, api_secret) = match self.target {
+            Target::Relais => credentials(self.api_key, self.api_secret, env_keys)?,
+            Target::Janus => (String::new(), String::new()),
+        };
         let room_prefix = self.room_prefix.unwrap_or_else(random_prefix);
         Ok(LoadConfig {
+            target: self.target,
             urls: self.urls,
             api_key,
             api_secret,
@@ -97,6 +108,7 @@ impl LoadArgs {
             bind_ip: self.bind_ip,
             room_prefix,
             progress: true,
+            drop_every_nth_sent: self.drop_every_nth_sent,
         })
     }
 }
@@ -209,6 +221,19 @@ mod tests {
                 .unwrap()
                 .audio
         );
+    }
+
+    #[test]
+    fn janus_needs_no_key() {
+        let config = parse(&["--target=janus", "--url=ws://127.0.0.1:8188"])
+            .into_config(None)
+            .unwrap();
+        assert_eq!(config.target, Target::Janus);
+        config.validate().expect("no key is needed");
+        let lossy = parse(&["--drop-every-nth=1"])
+            .into_config(Some("k:s"))
+            .unwrap();
+        assert!(lossy.validate().is_err());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! (the load header), `stats` and `histogram` (what a subscriber measures), `live`
 //! (running totals for the progress line), `procfs` (server CPU and memory),
 //! `report` (the summary), `participant` and `scenario` (the tasks that do the I/O),
-//! `args` (the command line).
+//! `session` and `janus` (the servers a participant can talk to: relais, or Janus's
+//! VideoRoom for comparison), `args` (the command line).
 //!
 //! The generator shares the machine with the nodes it measures when run locally: the
 //! summary reports its own CPU time so a saturated generator can be told apart from a
@@ -21,6 +22,7 @@
 
 mod args;
 mod histogram;
+pub mod janus;
 mod live;
 mod participant;
 mod payload;
@@ -28,6 +30,7 @@ mod plan;
 pub(crate) mod procfs;
 mod report;
 mod scenario;
+mod session;
 mod source;
 mod stats;
 
@@ -41,9 +44,20 @@ pub use plan::Role;
 pub use report::{Delay, Scenario, ServerUsage, SessionRow, Spread, Summary};
 pub use scenario::run_scenario;
 
+/// The kind of server a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// relais nodes, through the documented signaling protocol.
+    Relais,
+    /// Janus's VideoRoom plugin over its WebSocket transport, for comparison.
+    Janus,
+}
+
 /// Everything a load run needs, independent of the command line.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
+    pub target: Target,
     /// Base URLs of the nodes, e.g. `ws://127.0.0.1:7880`; rooms go round-robin.
     pub urls: Vec<String>,
     pub api_key: String,
@@ -71,6 +85,9 @@ pub struct LoadConfig {
     pub room_prefix: String,
     /// Print a progress line to stderr once a second.
     pub progress: bool,
+    /// Fault injection: each publisher leaves out every n-th media packet it numbers,
+    /// as a lossy link to the node would, and no retransmission can bring it back.
+    pub drop_every_nth_sent: Option<u64>,
 }
 
 /// Why a run could not start.
@@ -86,10 +103,15 @@ pub enum LoadError {
 impl LoadConfig {
     /// Refuses a configuration that cannot run.
     pub fn validate(&self) -> Result<(), LoadError> {
+        // Janus takes no tokens.
+        let relais = self.target == Target::Relais;
         let refusals = [
             (self.urls.is_empty(), "at least one --url is needed"),
-            (self.api_key.is_empty(), "the API key is empty"),
-            (self.api_secret.is_empty(), "the API secret is empty"),
+            (relais && self.api_key.is_empty(), "the API key is empty"),
+            (
+                relais && self.api_secret.is_empty(),
+                "the API secret is empty",
+            ),
             (self.rooms == 0, "--rooms must be at least 1"),
             (
                 self.publishers + self.subscribers == 0,
@@ -109,6 +131,10 @@ impl LoadConfig {
                 !(self.ramp_per_second.is_finite() && self.ramp_per_second > 0.0),
                 "--ramp must be a positive number",
             ),
+            (
+                self.drop_every_nth_sent.is_some_and(|n| n < 2),
+                "--drop-every-nth must be at least 2",
+            ),
         ];
         match refusals.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err(LoadError::Invalid((*why).to_owned())),
@@ -118,10 +144,11 @@ impl LoadConfig {
 
     fn describe(&self, participants: usize) -> String {
         format!(
-            "relais load: {participants} participants in {} room(s) on {} node(s), \
+            "relais load: {participants} participants in {} room(s) on {} {:?} node(s), \
              ramp {}/s, then {:.1} s",
             self.rooms,
             self.urls.len(),
+            self.target,
             self.ramp_per_second,
             self.duration.as_secs_f64()
         )

@@ -1,4 +1,4 @@
-//! One simulated participant: a task that joins through the Rust client, publishes
+//! One simulated participant: a task that joins through a [`Session`], publishes
 //! synthetic media if it is a publisher, and measures what it receives.
 //!
 //! Loop: connect and wait for `joined` (bounded by [`JOIN_TIMEOUT`]); then one
@@ -21,11 +21,12 @@ use tokio::time::{interval, Instant, MissedTickBehavior};
 use super::live::Live;
 use super::plan::{Planned, Role};
 use super::report::ParticipantReport;
+use super::session::Session;
 use super::since_epoch;
 use super::source::{AudioSource, VideoShape, VideoSource, AUDIO_PACKET_INTERVAL};
-use crate::auth::{mint, now_unix, Grants, TokenRequest};
-use crate::client::{Client, ClientEvent, ClientOptions, LocalTrack};
-use crate::signal::protocol::{ServerMessage, TrackKind, TrackSource};
+use super::Target;
+use crate::client::{ClientEvent, LocalTrack};
+use crate::signal::protocol::ServerMessage;
 
 /// Longest wait from opening the socket to `joined`.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -49,6 +50,9 @@ pub struct Shared {
     pub bind_ip: IpAddr,
     pub video: VideoShape,
     pub audio: bool,
+    /// Fault injection: publishers leave out every n-th media packet (see [`Link`]).
+    pub drop_every_nth_sent: Option<u64>,
+    pub target: Target,
     /// Token lifetime: long enough for the whole run.
     pub token_ttl: Duration,
     pub live: Live,
@@ -58,6 +62,57 @@ pub struct Shared {
 struct Outgoing {
     video: (LocalTrack, VideoSource),
     audio: Option<(LocalTrack, AudioSource)>,
+    link: Link,
+}
+
+impl Outgoing {
+    /// Sends the frame due now; returns the packets it numbered, sent or not.
+    async fn send_frame(&mut self) -> u64 {
+        let (track, source) = &mut self.video;
+        let packets = source.frame(since_epoch(), track.take_keyframe_request());
+        let count = packets.len() as u64;
+        for packet in packets {
+            // Writes fail until the connection is up; the frame is then simply not sent.
+            if self.link.passes() {
+                let _ = track.write(packet).await;
+            }
+        }
+        count
+    }
+
+    /// Sends the audio packet due now, if there is audio; returns the packets numbered.
+    async fn send_audio(&mut self) -> u64 {
+        let Some((track, source)) = &mut self.audio else {
+            return 0;
+        };
+        let packet = source.packet(since_epoch());
+        if self.link.passes() {
+            let _ = track.write(packet).await;
+        }
+        1
+    }
+}
+
+/// The way from a publisher to the node, with optional loss that no retransmission
+/// can repair: a packet is numbered and counted as sent, then never leaves.
+struct Link {
+    every: u64,
+    numbered: u64,
+}
+
+impl Link {
+    fn new(drop_every_nth: Option<u64>) -> Link {
+        Link {
+            every: drop_every_nth.unwrap_or(u64::MAX).max(2),
+            numbered: 0,
+        }
+    }
+
+    /// Whether the next packet gets through.
+    fn passes(&mut self) -> bool {
+        self.numbered += 1;
+        !self.numbered.is_multiple_of(self.every)
+    }
 }
 
 /// Runs one participant until the phase is `Stopped`, its client closes, or `deadline`.
@@ -69,8 +124,8 @@ pub async fn run(
 ) -> ParticipantReport {
     let mut report = ParticipantReport::new(&plan);
     let opened = since_epoch();
-    let mut client = match join(&plan, &shared).await {
-        Ok(client) => client,
+    let mut session = match Session::join(&plan, &shared).await {
+        Ok(session) => session,
         Err(why) => {
             shared.live.failed();
             report.error = Some(why);
@@ -81,11 +136,11 @@ pub async fn run(
     shared.live.joined();
 
     let outgoing = match plan.role {
-        Role::Publisher => publish(&client, &plan, &shared, &mut report).await,
+        Role::Publisher => publish(&session, &plan, &shared, &mut report).await,
         Role::Subscriber => None,
     };
     exchange(
-        &mut client,
+        &mut session,
         outgoing,
         &shared,
         &mut phase,
@@ -97,91 +152,44 @@ pub async fn run(
         .received
         .first_media
         .map(|t| t.saturating_sub(opened));
-    leave(client).await;
+    leave(session).await;
     report
-}
-
-/// Opens the socket and waits for `joined`.
-async fn join(plan: &Planned, shared: &Shared) -> Result<Client, String> {
-    let token = token(plan, shared)?;
-    let options = ClientOptions {
-        url: plan.url.clone(),
-        room: plan.room.clone(),
-        token,
-        auto_subscribe: true,
-        bind_ip: shared.bind_ip,
-        drop_every_nth_rtp: None,
-    };
-    let deadline = Instant::now() + JOIN_TIMEOUT;
-    let connect = tokio::time::timeout_at(deadline, Client::connect(options));
-    let mut client = match connect.await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("timed out connecting".to_owned()),
-    };
-    while let Some(event) = client.next_event(deadline).await {
-        match event {
-            ClientEvent::Server(ServerMessage::Joined { .. }) => return Ok(client),
-            ClientEvent::Server(ServerMessage::Error(body)) => {
-                return Err(format!("refused: {:?}: {}", body.code, body.message))
-            }
-            ClientEvent::Closed => return Err("closed before joining".to_owned()),
-            _ => {}
-        }
-    }
-    Err("timed out waiting for joined".to_owned())
-}
-
-fn token(plan: &Planned, shared: &Shared) -> Result<String, String> {
-    let request = TokenRequest {
-        api_key: shared.api_key.clone(),
-        identity: plan.identity.clone(),
-        name: plan.identity.clone(),
-        room: plan.room.clone(),
-        grants: Grants {
-            publish: plan.role == Role::Publisher,
-            subscribe: true,
-            admin: false,
-        },
-        ttl: shared.token_ttl,
-    };
-    mint(&request, &shared.api_secret, now_unix()).map_err(|e| e.to_string())
 }
 
 /// Publishes the camera (and microphone) track; on failure the participant goes on
 /// as a subscriber and the report says why.
 async fn publish(
-    client: &Client,
+    session: &Session,
     plan: &Planned,
     shared: &Shared,
     report: &mut ParticipantReport,
 ) -> Option<Outgoing> {
-    let camera = client.publish("cam", TrackKind::Video, TrackSource::Camera);
-    let video = match camera.await {
-        Ok(track) => track,
+    let (video, audio) = match session.publish(shared.audio).await {
+        Ok(tracks) => tracks,
         Err(e) => {
-            report.error = Some(format!("publishing video: {e}"));
+            report.error = Some(format!("publishing: {e}"));
             return None;
         }
     };
     let video_source = VideoSource::new(plan.stream, shared.video, random(), random());
-    let mut audio = None;
-    if shared.audio {
-        let microphone = client.publish("mic", TrackKind::Audio, TrackSource::Microphone);
-        match microphone.await {
-            Ok(track) => audio = Some((track, AudioSource::new(plan.stream, random(), random()))),
-            Err(e) => report.error = Some(format!("publishing audio: {e}")),
+    let audio = match audio {
+        Some(Ok(track)) => Some((track, AudioSource::new(plan.stream, random(), random()))),
+        Some(Err(e)) => {
+            report.error = Some(format!("publishing audio: {e}"));
+            None
         }
-    }
+        None => None,
+    };
     Some(Outgoing {
         video: (video, video_source),
         audio,
+        link: Link::new(shared.drop_every_nth_sent),
     })
 }
 
 /// Sends (while running) and receives until stopped, closed, or past the deadline.
 async fn exchange(
-    client: &mut Client,
+    session: &mut Session,
     mut outgoing: Option<Outgoing>,
     shared: &Shared,
     phase: &mut watch::Receiver<Phase>,
@@ -205,33 +213,22 @@ async fn exchange(
             biased;
             changed = phase.changed() => if changed.is_err() { break },
             _ = video_tick.tick(), if sending && has_video => {
-                if let Some((track, source)) = outgoing.as_mut().map(|o| &mut o.video) {
-                    report.sent_video += send_frame(track, source).await;
+                if let Some(o) = outgoing.as_mut() {
+                    report.sent_video += o.send_frame().await;
                 }
             }
             _ = audio_tick.tick(), if sending && has_audio => {
-                if let Some((track, source)) = outgoing.as_mut().and_then(|o| o.audio.as_mut()) {
-                    let _ = track.write(source.packet(since_epoch())).await;
-                    report.sent_audio += 1;
+                if let Some(o) = outgoing.as_mut() {
+                    report.sent_audio += o.send_audio().await;
                 }
             }
-            event = client.next_event(deadline) => {
+            event = session.next_event(deadline) => {
                 if !on_event(event, shared, report) {
                     break;
                 }
             }
         }
     }
-}
-
-async fn send_frame(track: &LocalTrack, source: &mut VideoSource) -> u64 {
-    let packets = source.frame(since_epoch(), track.take_keyframe_request());
-    let count = packets.len() as u64;
-    for packet in packets {
-        // Writes fail until the connection is up; the frame is then simply not sent.
-        let _ = track.write(packet).await;
-    }
-    count
 }
 
 /// Handles one client event; false when the client is gone or the deadline passed.
@@ -263,11 +260,11 @@ fn on_event(event: Option<ClientEvent>, shared: &Shared, report: &mut Participan
     }
 }
 
-/// Sends `leave` and waits, bounded, for the client to close.
-async fn leave(mut client: Client) {
-    client.close();
+/// Leaves and waits, bounded, for the session to close.
+async fn leave(mut session: Session) {
+    session.close();
     let deadline = Instant::now() + CLOSE_TIMEOUT;
-    while let Some(event) = client.next_event(deadline).await {
+    while let Some(event) = session.next_event(deadline).await {
         if matches!(event, ClientEvent::Closed) {
             return;
         }

@@ -4,9 +4,10 @@
 //! publisher stream numbers) and the ramp schedule. Pure functions of the
 //! configuration and of elapsed time.
 //!
-//! Rooms, not participants, are spread round-robin over the nodes: nodes do not
-//! cascade media yet, so a room split across nodes would leave its subscribers
-//! without the publishers on the other node. Within a room, publishers join first.
+//! Rooms, not participants, are spread round-robin over the nodes, so every run
+//! measures rooms that live on one node; spreading a room's participants over nodes,
+//! to load cascades between them, is not done yet. Within a room, publishers join
+//! first.
 
 use std::time::Duration;
 

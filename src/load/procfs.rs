@@ -1,8 +1,10 @@
 //! CPU time and peak memory of a process, read from Linux's `/proc`.
 //!
 //! Owns the parsing of `/proc/PID/stat` (user and system CPU time, all threads, in
-//! clock ticks) and of `VmHWM` in `/proc/PID/status` (peak resident set size). The
-//! parsers are pure; [`sample`] is the thin reader around them. Elsewhere than Linux
+//! clock ticks), of `VmHWM` in `/proc/PID/status` (peak resident set size) and of
+//! `/proc/PID/task/TID/schedstat` (time a thread was runnable but waited for a CPU,
+//! which tells a server slowed by other work on the machine from a slow server). The
+//! parsers are pure; [`sample`] and [`sample_with_wait`] are the thin readers. Elsewhere than Linux
 //! every read fails, and the summary goes without server figures.
 
 use std::io;
@@ -15,6 +17,9 @@ pub struct ProcSample {
     pub cpu_ticks: u64,
     /// Peak resident set size in KiB, when the kernel reports it.
     pub peak_rss_kib: Option<u64>,
+    /// Time the live threads spent runnable, waiting for a CPU; read only by
+    /// [`sample_with_wait`].
+    pub run_queue_wait: Option<Duration>,
 }
 
 /// Reads `/proc/PID/stat` and `/proc/PID/status`.
@@ -26,7 +31,29 @@ pub fn sample(pid: u32) -> io::Result<ProcSample> {
     Ok(ProcSample {
         cpu_ticks,
         peak_rss_kib: parse_vm_hwm_kib(&status),
+        run_queue_wait: None,
     })
+}
+
+/// Like [`sample`], with the run-queue wait summed over the process's threads (a
+/// thread that has exited takes its share with it). Costs one read per thread.
+pub fn sample_with_wait(pid: u32) -> io::Result<ProcSample> {
+    let mut sample = sample(pid)?;
+    let mut wait_ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between listing and reading.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            wait_ns += parse_schedstat_wait_ns(&text).unwrap_or(0);
+        }
+    }
+    sample.run_queue_wait = Some(Duration::from_nanos(wait_ns));
+    Ok(sample)
+}
+
+/// The second field of a schedstat line: nanoseconds spent waiting on a run queue.
+pub fn parse_schedstat_wait_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`); 100, the Linux value, if that fails.
@@ -90,6 +117,7 @@ mod tests {
         let at = |cpu_ticks| ProcSample {
             cpu_ticks,
             peak_rss_kib: None,
+            run_queue_wait: None,
         };
         let spent = cpu_between(at(100), at(350), 100);
         assert_eq!(spent, Duration::from_millis(2500));
@@ -101,6 +129,14 @@ mod tests {
         if cfg!(target_os = "linux") {
             let me = sample(std::process::id()).expect("own /proc entry");
             assert!(me.peak_rss_kib.is_some_and(|kib| kib > 0));
+            let me = sample_with_wait(std::process::id()).expect("own /proc entry");
+            assert!(me.run_queue_wait.is_some());
         }
+    }
+
+    #[test]
+    fn run_queue_wait_is_the_second_schedstat_field() {
+        assert_eq!(parse_schedstat_wait_ns("1234 5678 9\n"), Some(5678));
+        assert_eq!(parse_schedstat_wait_ns("1234"), None);
     }
 }

@@ -102,6 +102,9 @@ pub struct ServerUsage {
     pub cpu_seconds: Option<f64>,
     /// CPU time over the steady window.
     pub steady_cpu_seconds: Option<f64>,
+    /// Time its threads waited for a CPU over the steady window: high when other
+    /// work on the machine held the cores.
+    pub steady_wait_seconds: Option<f64>,
     pub peak_rss_mib: Option<f64>,
 }
 
@@ -116,7 +119,9 @@ pub struct SessionRow {
     pub video_packets: u64,
     pub audio_packets: u64,
     pub lost_packets: u64,
-    /// Expected video or audio but received none.
+    /// Publishers whose video this participant received.
+    pub publishers_heard: usize,
+    /// Expected video or audio but received none, or not from every publisher.
     pub missing_media: bool,
     pub error: Option<String>,
 }
@@ -148,6 +153,8 @@ pub struct Summary {
     pub server_cpu_us_per_packet: Option<f64>,
     /// CPU time of the load generator itself, to tell whether it kept up.
     pub generator_cpu_seconds: Option<f64>,
+    /// Time the generator's threads waited for a CPU over the steady window.
+    pub generator_steady_wait_seconds: Option<f64>,
     pub sessions: Vec<SessionRow>,
 }
 
@@ -181,6 +188,11 @@ impl ServerUsage {
             pid: r.pid,
             cpu_seconds: r.end.map(|end| seconds(r.start, end)),
             steady_cpu_seconds: r.steady_start.zip(r.steady_end).map(|(s, e)| seconds(s, e)),
+            steady_wait_seconds: r
+                .steady_start
+                .zip(r.steady_end)
+                .and_then(|(s, e)| Some(e.run_queue_wait?.saturating_sub(s.run_queue_wait?)))
+                .map(|d| d.as_secs_f64()),
             peak_rss_mib: r
                 .end
                 .and_then(|e| e.peak_rss_kib)
@@ -189,10 +201,10 @@ impl ServerUsage {
     }
 }
 
-/// Whether a participant should receive (video, audio).
-fn expects_media(role: Role, scenario: &Scenario) -> (bool, bool) {
-    let heard = publishers_heard(role, scenario.publishers) > 0;
-    (heard, heard && scenario.audio)
+/// How many publishers' video a participant should receive, and whether audio too.
+fn expects_media(role: Role, scenario: &Scenario) -> (usize, bool) {
+    let heard = publishers_heard(role, scenario.publishers);
+    (heard, heard > 0 && scenario.audio)
 }
 
 /// Packets each publisher sent, by stream number and kind.
@@ -229,7 +241,8 @@ fn session_row(report: &ParticipantReport, scenario: &Scenario, sent: &Sent) -> 
     let video_packets = report.received.packets(TrackKind::Video);
     let audio_packets = report.received.packets(TrackKind::Audio);
     let (want_video, want_audio) = expects_media(report.role, scenario);
-    let missing = (want_video && video_packets == 0) || (want_audio && audio_packets == 0);
+    let heard = report.received.streams(TrackKind::Video);
+    let missing = heard < want_video || (want_audio && audio_packets == 0);
     SessionRow {
         identity: report.identity.clone(),
         room: report.room.clone(),
@@ -239,6 +252,7 @@ fn session_row(report: &ParticipantReport, scenario: &Scenario, sent: &Sent) -> 
         video_packets,
         audio_packets,
         lost_packets: loss_of(&report.received, sent).0,
+        publishers_heard: heard,
         missing_media: report.join_time.is_some() && missing,
         error: report.error.clone(),
     }
@@ -304,6 +318,7 @@ pub fn summarise(reports: &[ParticipantReport], facts: &RunFacts) -> Summary {
     let steady_bytes = after.bytes.saturating_sub(before.bytes);
     let usage = |r: &ProcReadings| ServerUsage::from_readings(r, facts.ticks_per_second);
     let servers: Vec<ServerUsage> = facts.servers.iter().map(usage).collect();
+    let generator = facts.generator.as_ref().map(usage);
 
     Summary {
         scenario: facts.scenario.clone(),
@@ -329,11 +344,8 @@ pub fn summarise(reports: &[ParticipantReport], facts: &RunFacts) -> Summary {
         delay_ms: delay_of(reports),
         server_cpu_us_per_packet: cpu_per_packet(&servers, steady_packets),
         servers,
-        generator_cpu_seconds: facts
-            .generator
-            .as_ref()
-            .map(usage)
-            .and_then(|g| g.cpu_seconds),
+        generator_cpu_seconds: generator.as_ref().and_then(|g| g.cpu_seconds),
+        generator_steady_wait_seconds: generator.as_ref().and_then(|g| g.steady_wait_seconds),
         sessions,
     }
 }
@@ -435,10 +447,11 @@ impl Summary {
         for server in &self.servers {
             let value = match (server.cpu_seconds, server.steady_cpu_seconds) {
                 (Some(run), Some(steady)) => format!(
-                    "CPU {run:.2} s (run), {steady:.2} s (steady), peak RSS {}",
+                    "CPU {run:.2} s (run), {steady:.2} s (steady), peak RSS {}{}",
                     server
                         .peak_rss_mib
-                        .map_or_else(|| "-".to_owned(), |m| format!("{m:.1} MiB"))
+                        .map_or_else(|| "-".to_owned(), |m| format!("{m:.1} MiB")),
+                    waited(server.steady_wait_seconds)
                 ),
                 _ => "exited before the end of the run".to_owned(),
             };
@@ -449,10 +462,18 @@ impl Summary {
             rows.push(("server CPU".to_owned(), text));
         }
         if let Some(cpu) = self.generator_cpu_seconds {
-            rows.push(("generator CPU".to_owned(), format!("{cpu:.2} s")));
+            let wait = waited(self.generator_steady_wait_seconds);
+            rows.push(("generator CPU".to_owned(), format!("{cpu:.2} s{wait}")));
         }
         rows
     }
+}
+
+/// ", waited W s for a CPU (steady)", or nothing when unknown.
+fn waited(seconds: Option<f64>) -> String {
+    seconds.map_or_else(String::new, |w| {
+        format!(", waited {w:.2} s for a CPU (steady)")
+    })
 }
 
 /// How many participants a run starts, and how many of them receive media.

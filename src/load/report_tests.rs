@@ -55,6 +55,7 @@ fn sample(cpu_ticks: u64) -> ProcSample {
     ProcSample {
         cpu_ticks,
         peak_rss_kib: Some(2048),
+        run_queue_wait: None,
     }
 }
 

@@ -24,7 +24,7 @@ use super::procfs;
 use super::report::{self, ParticipantReport, ProcReadings, RunFacts, Scenario, Summary, Targets};
 use super::source::VideoShape;
 use super::stats::RateMeter;
-use super::{LoadConfig, LoadError};
+use super::{janus, LoadConfig, LoadError, Target};
 
 /// How often the ramp checks whether everyone has joined, between launches.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
@@ -55,6 +55,9 @@ pub async fn run_scenario(config: LoadConfig) -> Result<Summary, LoadError> {
     if config.progress {
         eprintln!("{}", config.describe(plans.len()));
     }
+    if config.target == Target::Janus {
+        create_janus_rooms(&config, &plans).await?;
+    }
 
     let launched = run.ramp_up(plans).await;
     run.await_media().await;
@@ -76,6 +79,24 @@ pub async fn run_scenario(config: LoadConfig) -> Result<Summary, LoadError> {
         ticks_per_second: processes.ticks_per_second,
     };
     Ok(report::summarise(&reports, &facts))
+}
+
+/// Janus rooms exist before anyone joins, so join times leave room creation out;
+/// relais opens a room on its first join, within that join's time.
+async fn create_janus_rooms(config: &LoadConfig, plans: &[Planned]) -> Result<(), LoadError> {
+    let everyone = config.publishers + config.subscribers;
+    for url in &config.urls {
+        let mut rooms: Vec<String> = plans
+            .iter()
+            .filter(|p| &p.url == url)
+            .map(|p| p.room.clone())
+            .collect();
+        rooms.dedup();
+        janus::create_rooms(url, &rooms, everyone)
+            .await
+            .map_err(|e| LoadError::Invalid(format!("cannot create the Janus rooms: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The steady window: its length and the running totals at both ends.
@@ -203,6 +224,8 @@ fn shared(config: &LoadConfig, ramp_bound: Duration) -> Shared {
             keyframe_interval: config.keyframe_interval,
         },
         audio: config.audio,
+        drop_every_nth_sent: config.drop_every_nth_sent,
+        target: config.target,
         token_ttl: ramp_bound + config.duration + Duration::from_secs(3600),
         live: Live::default(),
     }
@@ -257,13 +280,13 @@ impl Processes {
     fn read(&mut self, put: impl Fn(&mut ProcReadings, Option<procfs::ProcSample>)) {
         let own = self.generator.iter_mut();
         for readings in self.servers.iter_mut().chain(own) {
-            put(readings, procfs::sample(readings.pid).ok());
+            put(readings, procfs::sample_with_wait(readings.pid).ok());
         }
     }
 }
 
 fn first_reading(pid: u32) -> Result<ProcReadings, LoadError> {
-    let start = procfs::sample(pid).map_err(|e| LoadError::Process {
+    let start = procfs::sample_with_wait(pid).map_err(|e| LoadError::Process {
         pid,
         reason: e.to_string(),
     })?;

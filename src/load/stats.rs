@@ -192,6 +192,15 @@ impl ReceiveStats {
         self.tracks.values().map(|t| t.sequence.duplicates()).sum()
     }
 
+    /// Distinct publishers heard on tracks of one kind.
+    pub fn streams(&self, kind: TrackKind) -> usize {
+        let of_kind = self.tracks.values().filter(|t| t.kind == kind);
+        of_kind
+            .map(|t| t.stream)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
     fn sum(&self, kind: TrackKind, field: impl Fn(&TrackStats) -> u64) -> u64 {
         let of_kind = self.tracks.values().filter(|t| t.kind == kind);
         of_kind.map(field).sum()
