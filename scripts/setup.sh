@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs what building and testing relais needs on a Debian machine that has only
 # the Rust toolchain: a C compiler for the crypto crates, protoc for the etcd client,
-# etcd for the cluster tests, Janus (which the benchmark and the load tests compare
-# relais with), and the headless browser the end-to-end tests drive. Idempotent and
-# quiet when everything is there.
+# etcd for the cluster tests, Prometheus and Docker for the metrics and compose tests,
+# Janus (which the benchmark and the load tests compare relais with), and the headless
+# browser the end-to-end tests drive. Idempotent and quiet when everything is there.
 set -eu
 cd "$(dirname "$0")/.."
 

@@ -428,6 +428,7 @@ impl Links {
             .entry(peer.clone())
             .or_default()
             .clone();
+        let mut routes: HashMap<u64, MediaSink> = HashMap::new();
         while let Ok(datagram) = connection.read_datagram().await {
             let Ok((channel, rtp)) = wire::decode_media(&datagram) else {
                 self.counters
@@ -439,17 +440,27 @@ impl Links {
             counters
                 .bytes_received
                 .fetch_add(datagram.len() as u64, Ordering::Relaxed);
-            let sink = self.state().routes.get(&(peer.clone(), channel)).cloned();
-            match sink {
-                // A full queue drops the packet, as a slow local subscriber would.
-                Some(sink) => {
-                    let _ = sink.try_send(rtp);
-                }
+            // Channels are never reused on a node, so a route found once stays valid
+            // until its up-track ends and closes the queue.
+            let sink = match routes.get(&channel) {
+                Some(sink) => Some(sink.clone()),
                 None => {
-                    self.counters
-                        .garbage_datagrams
-                        .fetch_add(1, Ordering::Relaxed);
+                    let found = self.state().routes.get(&(peer.clone(), channel)).cloned();
+                    if let Some(sink) = &found {
+                        routes.insert(channel, sink.clone());
+                    }
+                    found
                 }
+            };
+            let Some(sink) = sink else {
+                self.counters
+                    .garbage_datagrams
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            // A full queue drops the packet, as a slow local subscriber would.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = sink.try_send(rtp) {
+                routes.remove(&channel);
             }
         }
     }

@@ -7,6 +7,9 @@
 //! - [`rewrite`]: per-subscriber RTP header rewriting into one continuous stream.
 //! - [`keyframe`]: throttling of keyframe requests towards a publisher.
 //! - [`forwarder`]: one per published track, fanning its packets out to its down-tracks.
+//! - [`allocator`]: fitting a subscriber's tracks and layers into its estimated downlink.
+//! - [`layers`]: choosing one simulcast layer of a video track for one subscriber.
+//! - [`speaker`]: audio levels (RFC 6464) and the dominant and current speakers.
 //!
 //! Around that core sit thin shells that own tasks and sockets:
 //!
@@ -14,10 +17,13 @@
 //! - [`downtrack`]: the tasks that deliver one track to one subscriber.
 //! - [`feedback`]: the interceptor that surfaces subscribers' keyframe requests.
 
+pub mod allocator;
 pub mod codec;
 pub mod forwarder;
 pub mod keyframe;
+pub mod layers;
 pub mod rewrite;
+pub mod speaker;
 
 pub mod downtrack;
 pub mod feedback;
