@@ -194,7 +194,10 @@ fn main() {
         }
     });
 
-    println!("one cascade hop, {SUBSCRIBERS} subscribers, {PACKETS} audio packets at 100/s, {ROUNDS} rounds alternating");
+    println!(
+        "one cascade hop, {SUBSCRIBERS} subscribers, {PACKETS} audio packets at 100/s, \
+         {ROUNDS} rounds alternating"
+    );
     println!(
         "{:<10} {:>9} {:>9} {:>9} {:>14} {:>10}",
         "mode", "p50 µs", "p99 µs", "max µs", "CPU µs/packet", "delivered"
@@ -216,7 +219,8 @@ fn main() {
     let l = summary("local", &local);
     let c = summary("cascaded", &cascaded);
     println!(
-        "cascaded/local: p50 {:.2}, p99 {:.2}, CPU per packet {:.2}; the hop adds {} µs at p50, {} µs at p99",
+        "cascaded/local: p50 {:.2}, p99 {:.2}, CPU per packet {:.2}; \
+         the hop adds {} µs at p50, {} µs at p99",
         c.0 as f64 / l.0.max(1) as f64,
         c.1 as f64 / l.1.max(1) as f64,
         c.2 / l.2.max(1e-9),
