@@ -239,6 +239,22 @@ fn stale(state: &AppState, got: Epoch, current: Epoch) -> ApiError {
     PlacementError::StaleEpoch { got, current }.into()
 }
 
+/// Authorizes a request about one room and finds where it is answered: the room
+/// actor here (`Ok`), or the owner's answer to the forwarded request (`Err`).
+async fn room_here(
+    req: &HttpRequest,
+    state: &AppState,
+    raw_room: &str,
+    stamp: Option<Epoch>,
+) -> Result<Result<actix::Addr<crate::room::room::Room>, HttpResponse>, ApiError> {
+    authorize(req, state, Some(raw_room))?;
+    let room = parse_room(raw_room)?;
+    match locate(state, &room, stamp).await? {
+        Target::Local(addr) => Ok(Ok(addr)),
+        Target::Remote(owner) => forward(req, &owner).await.map(Err),
+    }
+}
+
 /// Sends the same request to the owner, stamped with its epoch.
 async fn forward(req: &HttpRequest, owner: &Owner) -> ApiResult {
     let url = format!(
@@ -272,11 +288,9 @@ async fn show_room(
     query: web::Query<EpochQuery>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    authorize(&req, &state, Some(&path))?;
-    let room = parse_room(&path)?;
-    let addr = match locate(&state, &room, query.epoch).await? {
-        Target::Local(addr) => addr,
-        Target::Remote(owner) => return forward(&req, &owner).await,
+    let addr = match room_here(&req, &state, &path, query.epoch).await? {
+        Ok(addr) => addr,
+        Err(forwarded) => return Ok(forwarded),
     };
     let detail = addr
         .send(GetRoomDetail)
@@ -303,17 +317,14 @@ async fn end_room(
     query: web::Query<EpochQuery>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    authorize(&req, &state, Some(&path))?;
-    let room = parse_room(&path)?;
-    match locate(&state, &room, query.epoch).await? {
-        Target::Local(addr) => {
-            addr.do_send(CloseAll {
-                reason: LeaveReason::RoomClosed,
-            });
-            Ok(HttpResponse::Ok().json(json!({"ended": room.as_str()})))
-        }
-        Target::Remote(owner) => forward(&req, &owner).await,
-    }
+    let addr = match room_here(&req, &state, &path, query.epoch).await? {
+        Ok(addr) => addr,
+        Err(forwarded) => return Ok(forwarded),
+    };
+    addr.do_send(CloseAll {
+        reason: LeaveReason::RoomClosed,
+    });
+    Ok(HttpResponse::Ok().json(json!({"ended": path.as_str()})))
 }
 
 async fn remove_participant(
@@ -323,11 +334,9 @@ async fn remove_participant(
     state: web::Data<AppState>,
 ) -> ApiResult {
     let (raw_room, identity) = path.into_inner();
-    authorize(&req, &state, Some(&raw_room))?;
-    let room = parse_room(&raw_room)?;
-    let addr = match locate(&state, &room, query.epoch).await? {
-        Target::Local(addr) => addr,
-        Target::Remote(owner) => return forward(&req, &owner).await,
+    let addr = match room_here(&req, &state, &raw_room, query.epoch).await? {
+        Ok(addr) => addr,
+        Err(forwarded) => return Ok(forwarded),
     };
     let removed = addr.send(RemoveIdentity { identity }).await.unwrap_or(0);
     if removed == 0 {
