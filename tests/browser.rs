@@ -180,14 +180,7 @@ fn two_participants_on_different_nodes_see_each_other() {
     }
     // Both nodes serve the meeting.
     let (_, detail) = nodes[1].admin("GET", "/admin/rooms/bridge");
-    let mut serving: Vec<&str> = detail["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .filter_map(|n| n.as_str())
-        .collect();
-    serving.sort();
-    assert_eq!(serving, ["n0", "n1"]);
+    assert_eq!(common::serving_nodes(&detail), ["n0", "n1"]);
 }
 
 #[test]

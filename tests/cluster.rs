@@ -190,14 +190,7 @@ async fn concurrent_joins_through_different_nodes_meet_under_one_owner() {
             .then_some(detail)
     });
     assert_eq!(detail["owner"], owner.as_str());
-    let mut serving: Vec<_> = detail["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .filter_map(|n| n.as_str())
-        .collect();
-    serving.sort();
-    assert_eq!(serving, ["n0", "n1", "n2"]);
+    assert_eq!(common::serving_nodes(&detail), ["n0", "n1", "n2"]);
     // And every participant sees the eight others, wherever they are served.
     for (client, _, seen) in &mut clients {
         if seen.len() == 8 {

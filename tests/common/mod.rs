@@ -26,6 +26,45 @@ pub const API_KEY: &str = "testkey";
 pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123";
 pub const CASCADE_SECRET: &str = "cascade-secret-for-tests-0123456789abcdef";
 
+/// What an ordinary participant may do.
+pub const PARTICIPANT: Grants = Grants {
+    publish: true,
+    subscribe: true,
+    admin: false,
+};
+
+/// A token signed with the test key, issued at `issued` (unix seconds).
+pub fn mint_token(
+    room: &str,
+    identity: &str,
+    name: &str,
+    grants: Grants,
+    ttl_secs: u64,
+    issued: u64,
+) -> String {
+    let request = TokenRequest {
+        api_key: API_KEY.into(),
+        identity: identity.into(),
+        name: name.into(),
+        room: room.into(),
+        grants,
+        ttl: Duration::from_secs(ttl_secs),
+    };
+    mint(&request, SECRET, issued).expect("mint")
+}
+
+/// The nodes a room detail of the operations API says serve it, sorted.
+pub fn serving_nodes(detail: &serde_json::Value) -> Vec<String> {
+    let mut nodes: Vec<String> = detail["nodes"]
+        .as_array()
+        .expect("a list of nodes")
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    nodes.sort();
+    nodes
+}
+
 pub struct Node {
     child: Child,
     pub addr: SocketAddr,
@@ -77,45 +116,17 @@ impl Node {
     }
 
     pub fn token(&self, room: &str, identity: &str) -> String {
-        self.token_with(
-            room,
-            identity,
-            Grants {
-                publish: true,
-                subscribe: true,
-                admin: false,
-            },
-            600,
-        )
+        self.token_with(room, identity, PARTICIPANT, 600)
     }
 
     pub fn token_with(&self, room: &str, identity: &str, grants: Grants, ttl: u64) -> String {
-        let request = TokenRequest {
-            api_key: API_KEY.into(),
-            identity: identity.into(),
-            name: format!("{identity} name"),
-            room: room.into(),
-            grants,
-            ttl: Duration::from_secs(ttl),
-        };
-        mint(&request, SECRET, now_unix()).expect("mint")
+        let name = format!("{identity} name");
+        mint_token(room, identity, &name, grants, ttl, now_unix())
     }
 
     /// A token that expired an hour ago.
     pub fn expired_token(&self, room: &str, identity: &str) -> String {
-        let request = TokenRequest {
-            api_key: API_KEY.into(),
-            identity: identity.into(),
-            name: identity.into(),
-            room: room.into(),
-            grants: Grants {
-                publish: true,
-                subscribe: true,
-                admin: false,
-            },
-            ttl: Duration::from_secs(60),
-        };
-        mint(&request, SECRET, now_unix() - 3600).expect("mint")
+        mint_token(room, identity, identity, PARTICIPANT, 60, now_unix() - 3600)
     }
 
     pub fn options(&self, room: &str, identity: &str) -> ClientOptions {
