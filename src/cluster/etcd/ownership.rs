@@ -28,14 +28,10 @@ impl EtcdPlacement {
         owner: bool,
         lease: i64,
     ) -> Result<Admission, PlacementError> {
-        if self.cascades() && !self.shared().shards.contains(room) {
+        if !self.shared().shards.contains(room) {
             self.register_shard(room, lease).await?;
         }
         Ok(Admission::Here { epoch, owner })
-    }
-
-    pub(super) fn cascades(&self) -> bool {
-        self.shared().node.cascade.is_some()
     }
 
     pub(super) fn lose(&self, room: &RoomName) {
@@ -188,7 +184,7 @@ impl EtcdPlacement {
                 .is_none_or(|r| r == self.shared().node.region);
         if let Some(owner) = self.fetch_owner(room).await? {
             if owner.node != own_id {
-                if !(self.cascades() && stay) {
+                if !stay {
                     return Ok(redirect_to_owner(owner));
                 }
                 if let Some(newer) = hints.epoch.filter(|e| *e > owner.epoch) {
@@ -202,12 +198,7 @@ impl EtcdPlacement {
             }
         }
         // Nobody owns the room (or a stale record of ours is about to expire).
-        let choose_again = if self.cascades() {
-            !stay
-        } else {
-            !hints.redirected
-        };
-        if choose_again {
+        if !stay {
             if let Some(target) = self.choose_node(hints.region.as_deref(), false) {
                 if target.id != own_id {
                     return Ok(Admission::Redirect {
@@ -231,10 +222,7 @@ impl EtcdPlacement {
             Claim::Lost(owner) if owner.node == own_id => Err(PlacementError::Unavailable(
                 "the room's previous record on this node has not expired yet".into(),
             )),
-            Claim::Lost(owner) if self.cascades() => {
-                self.admit_here(room, owner.epoch, false, lease).await
-            }
-            Claim::Lost(owner) => Ok(redirect_to_owner(owner)),
+            Claim::Lost(owner) => self.admit_here(room, owner.epoch, false, lease).await,
         }
     }
 
