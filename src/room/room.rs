@@ -58,9 +58,9 @@ pub struct RoomSettings {
 
 pub struct Room {
     name: RoomName,
-    epoch: Epoch,
-    /// The epoch again, for imported tracks' requests to the publisher's node.
-    shared_epoch: Arc<AtomicI64>,
+    /// The room's epoch; shared with imported tracks, whose requests to the
+    /// publisher's node carry it. Only [`Room::set_epoch`] changes it.
+    epoch: Arc<AtomicI64>,
     owner: bool,
     cascade: Option<Arc<Cascade>>,
     /// What other nodes' shards hold, by node id.
@@ -91,8 +91,7 @@ impl Room {
     pub fn new(settings: RoomSettings) -> Self {
         Self {
             name: settings.name,
-            epoch: settings.epoch,
-            shared_epoch: Arc::new(AtomicI64::new(settings.epoch)),
+            epoch: Arc::new(AtomicI64::new(settings.epoch)),
             owner: settings.owner,
             cascade: settings.cascade,
             peers: BTreeMap::new(),
@@ -109,6 +108,10 @@ impl Room {
             summary_pending: false,
             closed: false,
         }
+    }
+
+    fn epoch(&self) -> Epoch {
+        self.epoch.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn summary(&self) -> RoomSummary {
@@ -138,7 +141,8 @@ impl Room {
                 name: room.name.clone(),
                 summary: summary.clone(),
             });
-            let (placement, name, epoch) = (room.placement.clone(), room.name.clone(), room.epoch);
+            let (placement, name, epoch) =
+                (room.placement.clone(), room.name.clone(), room.epoch());
             actix::spawn(async move { placement.publish_room(&name, epoch, summary).await });
         });
     }
@@ -175,7 +179,7 @@ impl Room {
         self.registry.do_send(RoomClosed {
             name: self.name.clone(),
             room: ctx.address(),
-            epoch: self.epoch,
+            epoch: self.epoch(),
             owner: self.owner,
         });
         ctx.stop();
@@ -262,7 +266,7 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        info!(room = %self.name, epoch = self.epoch, owner = self.owner, "room opened");
+        info!(room = %self.name, epoch = self.epoch(), owner = self.owner, "room opened");
         self.find_peers(ctx);
         // A room opened for a join that never arrives must not linger.
         self.schedule_close(ctx);
@@ -440,7 +444,7 @@ impl Handler<SetEpoch> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: SetEpoch, ctx: &mut Self::Context) {
-        info!(room = %self.name, old = self.epoch, epoch = msg.epoch, "room epoch renewed");
+        info!(room = %self.name, old = self.epoch(), epoch = msg.epoch, "room epoch renewed");
         self.set_epoch(msg.epoch, true);
         self.summary_changed(ctx);
     }
@@ -458,7 +462,7 @@ impl Handler<GetRoomDetail> for Room {
         participants.extend(self.remote_participants());
         MessageResult(RoomDetail {
             room: self.name.to_string(),
-            epoch: self.epoch,
+            epoch: self.epoch(),
             participants,
             nodes: self.nodes_with_participants(),
         })

@@ -42,8 +42,7 @@ struct Imported {
 
 impl Room {
     pub(super) fn set_epoch(&mut self, epoch: Epoch, owner: bool) {
-        self.epoch = epoch;
-        self.shared_epoch.store(epoch, Ordering::Relaxed);
+        self.epoch.store(epoch, Ordering::Relaxed);
         self.owner = owner;
     }
 
@@ -102,7 +101,7 @@ impl Room {
             {
                 let message = Control::Remove {
                     room: self.name.to_string(),
-                    epoch: self.epoch,
+                    epoch: self.epoch(),
                     participant: p.id.clone(),
                 };
                 if self.send_to(node, &message) {
@@ -139,7 +138,7 @@ impl Room {
             .collect();
         Control::Shard {
             room: self.name.to_string(),
-            epoch: self.epoch,
+            epoch: self.epoch(),
             participants,
             tracks,
             reply,
@@ -161,7 +160,7 @@ impl Room {
     pub(super) fn shard_closed(&mut self) {
         let message = Control::ShardClosed {
             room: self.name.to_string(),
-            epoch: self.epoch,
+            epoch: self.epoch(),
         };
         for node in &self.peer_nodes {
             self.send_to(node, &message);
@@ -279,13 +278,13 @@ impl Room {
     /// Accepts `got` unless it is older than the room's epoch; a newer one means
     /// another node owns the room now.
     fn accept_epoch(&mut self, peer: &str, got: Epoch) -> bool {
-        if got < self.epoch {
+        if got < self.epoch() {
             ClusterCounters::bump(&self.placement.counters().stale_epoch);
-            warn!(room = %self.name, %peer, got, epoch = self.epoch, "stale epoch refused");
+            warn!(room = %self.name, %peer, got, epoch = self.epoch(), "stale epoch refused");
             return false;
         }
-        if got > self.epoch {
-            info!(room = %self.name, %peer, old = self.epoch, epoch = got, "newer epoch");
+        if got > self.epoch() {
+            info!(room = %self.name, %peer, old = self.epoch(), epoch = got, "newer epoch");
             self.set_epoch(got, false);
         }
         true
@@ -425,7 +424,7 @@ impl Room {
                         peer: peer.to_owned(),
                         room: self.name.to_string(),
                         track: id.clone(),
-                        epoch: self.shared_epoch.clone(),
+                        epoch: self.epoch.clone(),
                         channel,
                     };
                     let imported = cascade::import(origin, track.info.kind, &track.codec, |_| {});
