@@ -114,19 +114,25 @@ async fn wait_for_signal() {
     }
 }
 
-/// The signaling URL other nodes send clients to.
-fn advertise_url(config: &Config, addr: SocketAddr) -> String {
-    if let Some(url) = &config.cluster.advertise_url {
-        return url.trim_end_matches('/').to_owned();
-    }
-    let ip = match addr.ip() {
+/// The address others reach a bound socket at: a wildcard bind is advertised at
+/// `media.public_ip`, else on loopback.
+fn reachable(config: &Config, bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
         ip if ip.is_unspecified() => config
             .media
             .public_ip
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
         ip => ip,
     };
-    format!("ws://{}", SocketAddr::new(ip, addr.port()))
+    SocketAddr::new(ip, bound.port())
+}
+
+/// The signaling URL other nodes send clients to.
+fn advertise_url(config: &Config, addr: SocketAddr) -> String {
+    if let Some(url) = &config.cluster.advertise_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    format!("ws://{}", reachable(config, addr))
 }
 
 /// Binds and starts the server; returns it with its bound address.
@@ -234,14 +240,7 @@ fn start_cascade(
     )
     .map_err(std::io::Error::other)?;
     let bound = links.local_addr().unwrap_or(config.cluster.cascade_listen);
-    let ip = match bound.ip() {
-        ip if ip.is_unspecified() => config
-            .media
-            .public_ip
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
-        ip => ip,
-    };
-    let advertised = SocketAddr::new(ip, bound.port());
+    let advertised = reachable(config, bound);
     info!(%advertised, "cascade port open");
     Ok(Some(Arc::new(Cascade::new(
         links,
