@@ -81,7 +81,7 @@ const CLUSTER: &[(&str, &[&str], f64)] = &[
     ("relais_joins_total", &["result=\"success\""], 4.0),
     ("relais_join_duration_seconds_count", &[], 4.0),
     ("relais_tasks", &["task=\"up_track\""], 4.0),
-    ("relais_tasks", &["task=\"down_track_writer\""], 4.0),
+    ("relais_tasks", &["task=\"down_track_feedback\""], 4.0),
 ];
 
 /// Families that must have counted something (more than zero) under the load, summed

@@ -22,8 +22,10 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::shared::marshal::Marshal;
 use tokio::sync::mpsc;
@@ -31,9 +33,10 @@ use tokio::sync::mpsc;
 use crate::ids::TrackId;
 use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{
-    self, CascadeOrigin, Outgoing, Source, UpTrack, UpTrackCommand, UpTrackHandle, DOWN_TRACK_QUEUE,
+    self, CascadeOrigin, DownTrackSink, Offer, Source, UpTrack, UpTrackCommand, UpTrackHandle,
+    CASCADE_IMPORT_QUEUE,
 };
-use crate::metrics::{Direction, Kind, Metrics, Path};
+use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters};
 use crate::participant::peer::video_feedback;
 use crate::participant::publications::forwarder_config;
 use crate::signal::protocol::TrackKind;
@@ -154,7 +157,7 @@ pub fn import(
     codec: &CodecInfo,
     on_end: impl FnOnce(TrackId) + Send + 'static,
 ) -> Imported {
-    let (packets_tx, packets_rx) = mpsc::channel::<Bytes>(DOWN_TRACK_QUEUE);
+    let (packets_tx, packets_rx) = mpsc::channel::<Bytes>(CASCADE_IMPORT_QUEUE);
     origin
         .cascade
         .links
@@ -185,29 +188,40 @@ pub fn export(
     handle: &UpTrackHandle,
 ) -> Option<DownTrackKey> {
     let path = cascade.links.media_path(peer)?;
-    let (sink, mut packets) = mpsc::channel::<Outgoing>(DOWN_TRACK_QUEUE);
-    let mut sent =
-        cascade
-            .metrics
-            .rtp_counters(Direction::Out, Kind::from(handle.kind), Path::Cascade);
+    let sent = cascade
+        .metrics
+        .rtp_counters(Direction::Out, Kind::from(handle.kind), Path::Cascade);
     let key = DownTrackKey::fresh();
     let added = handle.send(UpTrackCommand::AddDownTrack {
         key,
         ssrc: rand::random(),
         payload_type: LINK_PAYLOAD_TYPE,
-        sink,
+        sink: Box::new(LinkSink {
+            path,
+            channel,
+            sent,
+        }),
     });
-    if !added {
-        return None;
-    }
-    tokio::spawn(async move {
-        while let Some(Outgoing { packet, .. }) = packets.recv().await {
-            let Ok(rtp) = packet.marshal() else { continue };
-            if !path.send(wire::encode_media(channel, &rtp)) {
-                break;
-            }
-            sent.record(std::time::Instant::now(), packet.payload.len());
+    added.then_some(key)
+}
+
+/// Writes a down-track's packets into datagrams on a cascade link.
+struct LinkSink {
+    path: link::MediaPath,
+    channel: u64,
+    sent: RtpCounters,
+}
+
+impl DownTrackSink for LinkSink {
+    fn offer(&mut self, packet: Packet, _arrived: Option<Instant>) -> Offer {
+        let Ok(rtp) = packet.marshal() else {
+            return Offer::Refused;
+        };
+        // The link queues datagrams itself, dropping the oldest when it falls behind.
+        if !self.path.send(wire::encode_media(self.channel, &rtp)) {
+            return Offer::Refused;
         }
-    });
-    Some(key)
+        self.sent.record(Instant::now(), packet.payload.len());
+        Offer::Taken
+    }
 }

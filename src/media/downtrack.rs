@@ -1,23 +1,28 @@
 //! The down-track: one published track delivered to one subscriber.
 //!
-//! Two small tasks per down-track. The writer drains the queue the up-track fills
-//! and writes each packet to the subscriber's local track, so that a subscriber
-//! whose connection is slow only ever delays itself. The feedback reader turns the
-//! subscriber's PLI and FIR into keyframe requests on the up-track.
-//! Both stop when the queue closes (the up-track dropped this down-track or ended)
-//! or when the subscriber's participant aborts them.
+//! The up-track task hands each rewritten packet straight to the subscriber's
+//! local track through a [`PeerSink`]. The write goes into the connection's own
+//! bounded queue and never waits: when that queue is full, the packet is dropped
+//! for this subscriber alone and counted, so a slow subscriber only ever delays
+//! itself. There is no queue and no task of our own between the two, which saves
+//! a channel send and a task wake-up per packet and subscriber.
+//!
+//! One small task per down-track remains, the feedback reader: it turns the
+//! subscriber's PLI and FIR into keyframe requests on the up-track, and stops when
+//! the up-track ends or when the subscriber's participant aborts it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use futures_util::FutureExt;
+use rtc::rtp::packet::Packet;
 use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 
 use crate::media::forwarder::DownTrackKey;
-use crate::media::uptrack::{Outgoing, UpTrackCommand, UpTrackHandle};
-use crate::metrics::{Direction, Kind, Metrics, Path, Task};
+use crate::media::uptrack::{DownTrackSink, Offer, UpTrackCommand, UpTrackHandle};
+use crate::metrics::{Direction, GaugeGuard, Kind, Metrics, Path, RtpCounters, Task};
 
 /// Counters for one down-track.
 #[derive(Debug, Default)]
@@ -27,80 +32,79 @@ pub struct DownTrackCounters {
     pub keyframe_requests: AtomicU64,
 }
 
-/// The running tasks of one down-track; dropping it does not stop them, `stop` does.
+/// The feedback task of one down-track; dropping it does not stop it, `stop` does.
 pub struct DownTrackTasks {
-    writer: JoinHandle<()>,
     feedback: JoinHandle<()>,
     pub counters: Arc<DownTrackCounters>,
 }
 
 impl DownTrackTasks {
     pub fn stop(&self) {
-        self.writer.abort();
         self.feedback.abort();
     }
 }
 
-/// Starts the writer and feedback tasks for a down-track fed from `queue`.
+/// Starts the feedback task of a down-track and returns it, with the sink to attach
+/// to the up-track.
 pub fn spawn(
     key: DownTrackKey,
     local: Arc<dyn TrackLocal>,
-    queue: mpsc::Receiver<Outgoing>,
     up: UpTrackHandle,
     metrics: &Metrics,
-) -> DownTrackTasks {
+) -> (DownTrackTasks, PeerSink) {
     let counters = Arc::new(DownTrackCounters::default());
     let kind = Kind::from(up.kind);
-    let recorder = Recorder {
+    let sink = PeerSink {
+        local: local.clone(),
+        counters: counters.clone(),
         sent: metrics.rtp_counters(Direction::Out, kind, Path::Client),
         delay: metrics.forwarding_delay(kind),
-        _gauges: (
-            metrics.task(Task::DownTrackWriter),
-            metrics.track(kind, Direction::Out),
-        ),
+        _track: metrics.track(kind, Direction::Out),
     };
-    let writer = tokio::spawn(write_loop(local.clone(), queue, counters.clone(), recorder));
     let counters_for_feedback = counters.clone();
     let feedback_gauge = metrics.task(Task::DownTrackFeedback);
     let feedback = tokio::spawn(async move {
         let _gauge = feedback_gauge;
         feedback_loop(key, local, up, counters_for_feedback).await
     });
-    DownTrackTasks {
-        writer,
-        feedback,
-        counters,
-    }
+    let tasks = DownTrackTasks { feedback, counters };
+    (tasks, sink)
 }
 
-/// What the writer records: packets sent, sampled forwarding delays, and its presence.
-struct Recorder {
-    sent: crate::metrics::RtpCounters,
-    delay: prometheus::Histogram,
-    /// The writer task and the subscribed track, counted while the writer runs.
-    _gauges: (crate::metrics::GaugeGuard, crate::metrics::GaugeGuard),
-}
-
-async fn write_loop(
+/// Writes a down-track's packets to the subscriber's local track, and records
+/// what it sent. Owned by the up-track task while the down-track is attached.
+pub struct PeerSink {
     local: Arc<dyn TrackLocal>,
-    mut queue: mpsc::Receiver<Outgoing>,
     counters: Arc<DownTrackCounters>,
-    mut recorder: Recorder,
-) {
-    while let Some(Outgoing { packet, arrived }) = queue.recv().await {
+    sent: RtpCounters,
+    delay: prometheus::Histogram,
+    /// The subscribed track, counted while it is attached.
+    _track: GaugeGuard,
+}
+
+impl DownTrackSink for PeerSink {
+    fn offer(&mut self, packet: Packet, arrived: Option<Instant>) -> Offer {
         let bytes = packet.payload.len();
-        // A write fails while the transceiver is not bound yet or is going away;
-        // the packet is lost either way, and later ones may still go through.
-        if local.write_rtp(packet).await.is_err() {
-            counters.write_errors.fetch_add(1, Ordering::Relaxed);
-            continue;
+        // The write completes at its first poll unless the connection's queue is
+        // full (or its track lock is held for a rebind): then it is dropped, and
+        // the packet with it.
+        match self.local.write_rtp(packet).now_or_never() {
+            Some(Ok(())) => {}
+            // Refused while the transceiver is not bound yet or is going away; the
+            // packet is lost either way, and later ones may still go through.
+            Some(Err(_)) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                return Offer::Refused;
+            }
+            None => return Offer::Full,
         }
         let now = Instant::now();
-        recorder.sent.record(now, bytes);
+        self.sent.record(now, bytes);
         if let Some(arrived) = arrived {
             let delay = now.saturating_duration_since(arrived);
-            recorder.delay.observe(delay.as_secs_f64());
+            self.delay.observe(delay.as_secs_f64());
         }
+        Offer::Taken
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! This is the hot path. One task per published track reads RTP from the
 //! publisher's peer connection, hands each packet to the I/O-free [`Forwarder`],
-//! and pushes the rewritten copies into each down-track's bounded queue. No actor
-//! mailbox sees a packet. A slow subscriber fills only its own queue: its packets
-//! are dropped and counted, and nobody else waits for it.
+//! and offers the rewritten copies to each down-track's [`DownTrackSink`], which
+//! takes a packet at once or refuses it and never waits. No actor mailbox sees a
+//! packet. A slow subscriber fills only its own connection's queue: its packets are
+//! dropped and counted, and nobody else waits for it.
 //!
 //! The task owns the forwarder; everyone else talks to it through an
 //! [`UpTrackHandle`], whose commands it interleaves with packets.
@@ -28,29 +29,35 @@ use crate::media::codec::MediaKind;
 use crate::media::forwarder::{DownTrackKey, Forwarder, ForwarderConfig};
 use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters, Task, DELAY_SAMPLE_EVERY};
 
-/// Packets a down-track may have queued before new ones are dropped for it.
-pub const DOWN_TRACK_QUEUE: usize = 512;
+/// Packets of a cascaded track that may wait between the link and its up-track.
+pub const CASCADE_IMPORT_QUEUE: usize = 512;
 
-/// Where the forwarder's output for one down-track goes.
-pub type DownTrackSink = mpsc::Sender<Outgoing>;
+/// Where the forwarder's output for one down-track goes: a subscriber's connection,
+/// or a cascade link to another node. Called on the up-track task for every packet,
+/// so it must not block and should not allocate.
+pub trait DownTrackSink: Send {
+    /// Takes `packet` now or refuses it. `arrived` is when the publisher's packet
+    /// arrived, on a sample of packets, to measure the forwarding delay.
+    fn offer(&mut self, packet: Packet, arrived: Option<Instant>) -> Offer;
+}
 
-/// A rewritten packet on its way to one subscriber.
-#[derive(Debug)]
-pub struct Outgoing {
-    pub packet: Packet,
-    /// When the publisher's packet arrived, on a sample of packets, so that the down-track
-    /// can measure the forwarding delay.
-    pub arrived: Option<Instant>,
+/// What a [`DownTrackSink`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Taken,
+    /// Its queue is full: the packet is dropped for this down-track alone.
+    Full,
+    /// It cannot send at all for now (not connected yet, or going away).
+    Refused,
 }
 
 /// Commands to an up-track task.
-#[derive(Debug)]
 pub enum UpTrackCommand {
     AddDownTrack {
         key: DownTrackKey,
         ssrc: u32,
         payload_type: u8,
-        sink: DownTrackSink,
+        sink: Box<dyn DownTrackSink>,
     },
     RemoveDownTrack {
         key: DownTrackKey,
@@ -165,7 +172,7 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
 
 struct Loop {
     forwarder: Forwarder,
-    sinks: HashMap<DownTrackKey, DownTrackSink>,
+    sinks: HashMap<DownTrackKey, Box<dyn DownTrackSink>>,
     out: Vec<(DownTrackKey, Packet)>,
     counters: Arc<UpTrackCounters>,
     /// Packets and bytes received from the publisher.
@@ -251,14 +258,10 @@ impl Loop {
             .is_multiple_of(DELAY_SAMPLE_EVERY);
         let arrived = sampled.then_some(now);
         for (key, copy) in self.out.drain(..) {
-            let Some(sink) = self.sinks.get(&key) else {
+            let Some(sink) = self.sinks.get_mut(&key) else {
                 continue;
             };
-            let outgoing = Outgoing {
-                packet: copy,
-                arrived,
-            };
-            if sink.try_send(outgoing).is_err() {
+            if sink.offer(copy, arrived) == Offer::Full {
                 self.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
                 self.queue_drops.inc();
             }

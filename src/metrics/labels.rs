@@ -168,8 +168,6 @@ label_enum! {
     Task {
         /// Reads a published track and drives its forwarder.
         UpTrack => "up_track",
-        /// Writes a down-track's queue to a subscriber.
-        DownTrackWriter => "down_track_writer",
         /// Turns a subscriber's PLI/FIR into keyframe requests.
         DownTrackFeedback => "down_track_feedback",
     }

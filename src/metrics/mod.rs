@@ -12,9 +12,9 @@
 //! and a module's dependence on metrics shows in what it is given.
 //!
 //! Hot path: per-packet counts go to [`RtpCounters`], local (unsynchronised) counters owned by
-//! the up-track and down-track tasks and flushed to the shared families about once a second;
-//! the forwarding delay is measured on one packet in [`DELAY_SAMPLE_EVERY`]. The I/O-free
-//! forwarder records nothing itself.
+//! the up-track tasks and their down-track sinks, and flushed to the shared families about
+//! once a second; the forwarding delay is measured on one packet in [`DELAY_SAMPLE_EVERY`].
+//! The I/O-free forwarder records nothing itself.
 //!
 //! # Families
 //!
@@ -35,7 +35,7 @@
 //! | `relais_keyframe_requests_total` | counter | type, direction | RTCP tap |
 //! | `relais_rtp_jitter_seconds` | histogram | direction, kind | RTCP tap |
 //! | `relais_rtt_seconds` | histogram | kind | RTCP tap |
-//! | `relais_forwarding_delay_seconds` | histogram | kind | down-track writer |
+//! | `relais_forwarding_delay_seconds` | histogram | kind | down-track sink |
 //! | `relais_down_track_queue_drops_total` | counter | kind | up-track |
 //! | `relais_cascade_links` | gauge | state | [`Metrics::set_cascade_links`] |
 //! | `relais_cascade_reconnects_total` | counter | | [`Metrics::cascade_reconnect`] |

@@ -15,7 +15,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use tokio::sync::mpsc;
 use tracing::debug;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -26,7 +25,7 @@ use super::Participant;
 use crate::ids::TrackId;
 use crate::media::downtrack::{self, DownTrackTasks};
 use crate::media::forwarder::DownTrackKey;
-use crate::media::uptrack::{UpTrackCommand, UpTrackHandle, DOWN_TRACK_QUEUE};
+use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::room::messages::FindTrack;
 use crate::signal::protocol::{ErrorCode, ServerMessage, TrackInfo, TrackKind};
 
@@ -202,20 +201,19 @@ impl Participant {
         let Some(sub) = self.subscriptions.get_mut(&negotiated.track_id) else {
             return;
         };
-        let (sink, queue) = mpsc::channel(DOWN_TRACK_QUEUE);
+        let (tasks, sink) = downtrack::spawn(
+            sub.key,
+            sub.local.clone(),
+            sub.up.clone(),
+            &self.node.metrics,
+        );
         sub.up.send(UpTrackCommand::AddDownTrack {
             key: sub.key,
             ssrc: sub.ssrc,
             payload_type: negotiated.payload_type,
-            sink,
+            sink: Box::new(sink),
         });
-        sub.tasks = Some(downtrack::spawn(
-            sub.key,
-            sub.local.clone(),
-            queue,
-            sub.up.clone(),
-            &self.node.metrics,
-        ));
+        sub.tasks = Some(tasks);
         let track_id = negotiated.track_id;
         self.send(ServerMessage::Subscribed {
             track_id,
