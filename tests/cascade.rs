@@ -6,10 +6,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::{owner_of, payload, publish, send_packets, wait_for, Node, CASCADE_SECRET};
+use common::{
+    owner_of, payload, publish, send_packets, wait_for, Node, API_KEY, CASCADE_SECRET, SECRET,
+};
 use relais::cascade::link::{LinkEvent, Links};
 use relais::cascade::wire;
 use relais::client::{Client, ClientEvent, LocalTrack};
+use relais::load::{run_scenario, LoadConfig, Role, SpreadBy, Target};
 use relais::signal::protocol::TrackKind;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -337,4 +340,58 @@ async fn strangers_are_refused_and_garbage_is_dropped() {
     let (status, _) = nodes[0].http_get("/readyz");
     assert_eq!(status, 200);
     let _ = nodes[0].join_with("after-garbage", "ok", true).await;
+}
+
+/// The load generator's cascade scenario, small: a room's participants joined in
+/// turn through three nodes, so that every track crosses to the two other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_run_spread_over_three_nodes_delivers_every_packet() {
+    let _turn = TURN.lock().await;
+    let etcd = Etcd::start();
+    let nodes = cluster(&etcd, 3);
+    let config = LoadConfig {
+        target: Target::Relais,
+        urls: nodes.iter().map(Node::url).collect(),
+        spread: SpreadBy::Participants,
+        api_key: API_KEY.into(),
+        api_secret: SECRET.into(),
+        rooms: 1,
+        publishers: 2,
+        subscribers: 4,
+        video_bitrate: 200_000,
+        fps: 20,
+        keyframe_interval: Duration::from_secs(1),
+        audio: true,
+        duration: Duration::from_secs(3),
+        ramp_per_second: 20.0,
+        server_pids: nodes.iter().map(Node::pid).collect(),
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        room_prefix: "load-spread".into(),
+        progress: true,
+        drop_every_nth_sent: None,
+    };
+    let summary = run_scenario(config).await.expect("the run starts");
+    eprintln!("{}", summary.table());
+
+    assert_eq!((summary.joined, summary.failed), (6, 0));
+    assert_eq!(summary.missing_media, 0);
+    for session in &summary.sessions {
+        let heard = match session.role {
+            Role::Publisher => 1,
+            Role::Subscriber => 2,
+        };
+        assert_eq!(session.publishers_heard, heard, "{session:?}");
+        assert!(session.video_packets > 0 && session.audio_packets > 0);
+        assert_eq!(session.lost_packets, 0, "{session:?}");
+    }
+    assert_eq!(summary.duplicate_packets, 0);
+    // Publishers joined through n0 and n1, subscribers through all three: each
+    // publisher's node sent its tracks to both others.
+    for (from, to) in [("n0", "n1"), ("n0", "n2"), ("n1", "n0"), ("n1", "n2")] {
+        let index: usize = from[1..].parse().unwrap();
+        let (sent, _) = link_packets(&nodes[index], to);
+        assert!(sent > 0, "nothing went from {from} to {to}");
+    }
+    assert_eq!(summary.servers.len(), 3);
+    assert!(summary.server_cpu_us_per_packet.is_some());
 }

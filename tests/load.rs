@@ -10,12 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Node, API_KEY, SECRET};
-use relais::load::{run_scenario, LoadConfig, Role, Summary, Target};
+use relais::load::{run_scenario, LoadConfig, Role, SpreadBy, Summary, Target};
 
 fn config(url: String) -> LoadConfig {
     LoadConfig {
         target: Target::Relais,
         urls: vec![url],
+        spread: SpreadBy::Rooms,
         api_key: API_KEY.into(),
         api_secret: SECRET.into(),
         rooms: 1,

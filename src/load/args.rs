@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 
-use super::{LoadConfig, LoadError, Target};
+use super::{LoadConfig, LoadError, SpreadBy, Target};
 
 /// Joins simulated participants to running nodes and measures what they forward.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,7 +19,7 @@ pub struct LoadArgs {
     #[arg(long, value_enum, default_value = "relais")]
     pub target: Target,
     /// Base URL of a node; repeat the flag (or separate with commas) for several
-    /// nodes. Rooms are spread over them round-robin.
+    /// nodes, over which --spread spreads the run.
     #[arg(
         long = "url",
         value_name = "URL",
@@ -27,6 +27,10 @@ pub struct LoadArgs {
         value_delimiter = ','
     )]
     pub urls: Vec<String>,
+    /// What goes round-robin over the nodes: whole rooms, or each room's
+    /// participants (then every room spans the nodes, and its media cascades).
+    #[arg(long, value_enum, default_value = "rooms")]
+    pub spread: SpreadBy,
     /// API key that signs the access tokens; default: the key in RELAIS_API_KEYS.
     #[arg(long)]
     pub api_key: Option<String>,
@@ -93,6 +97,7 @@ impl LoadArgs {
         Ok(LoadConfig {
             target: self.target,
             urls: self.urls,
+            spread: self.spread,
             api_key,
             api_secret,
             rooms: self.rooms,
@@ -184,6 +189,7 @@ mod tests {
             ("k1", "s1")
         );
         assert_eq!(config.urls, ["ws://127.0.0.1:7880"]);
+        assert_eq!(config.spread, SpreadBy::Rooms);
         assert_eq!(
             (config.video_bitrate, config.fps, config.audio),
             (500_000, 30, true)
@@ -207,6 +213,7 @@ mod tests {
             "--no-audio",
             "--duration=2.5",
             "--room-prefix=fixed",
+            "--spread=participants",
         ]);
         let config = args.into_config(Some("k1:s1,k2:s2")).unwrap();
         assert_eq!(config.urls, ["ws://a:1", "ws://b:2", "ws://c:3"]);
@@ -215,6 +222,7 @@ mod tests {
         assert!(!config.audio);
         assert_eq!(config.duration, Duration::from_millis(2500));
         assert_eq!(config.room_prefix, "fixed");
+        assert_eq!(config.spread, SpreadBy::Participants);
         assert!(
             parse(&["--no-audio", "--audio"])
                 .into_config(Some("k:s"))
@@ -234,6 +242,13 @@ mod tests {
             .into_config(Some("k:s"))
             .unwrap();
         assert!(lossy.validate().is_err());
+        let spread = parse(&["--target=janus", "--url=ws://a", "--url=ws://b"]);
+        let spread = LoadArgs {
+            spread: SpreadBy::Participants,
+            ..spread
+        };
+        let refused = spread.into_config(None).unwrap().validate();
+        assert!(refused.is_err(), "Janus rooms cannot span servers");
     }
 
     #[test]

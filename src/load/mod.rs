@@ -54,12 +54,25 @@ pub enum Target {
     Janus,
 }
 
+/// How the participants of a run are spread over the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpreadBy {
+    /// Each room on one node, rooms round-robin over the nodes.
+    Rooms,
+    /// Each room's participants round-robin over all the nodes, so that its media
+    /// cascades between them.
+    Participants,
+}
+
 /// Everything a load run needs, independent of the command line.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     pub target: Target,
-    /// Base URLs of the nodes, e.g. `ws://127.0.0.1:7880`; rooms go round-robin.
+    /// Base URLs of the nodes, e.g. `ws://127.0.0.1:7880`.
     pub urls: Vec<String>,
+    /// What goes round-robin over `urls`: rooms or participants.
+    pub spread: SpreadBy,
     pub api_key: String,
     pub api_secret: String,
     pub rooms: usize,
@@ -114,6 +127,10 @@ impl LoadConfig {
             ),
             (self.rooms == 0, "--rooms must be at least 1"),
             (
+                !relais && self.spread == SpreadBy::Participants && self.urls.len() > 1,
+                "Janus does not cascade: spread participants over one node only",
+            ),
+            (
                 self.publishers + self.subscribers == 0,
                 "a room needs at least one publisher or subscriber",
             ),
@@ -145,10 +162,11 @@ impl LoadConfig {
     fn describe(&self, participants: usize) -> String {
         format!(
             "relais load: {participants} participants in {} room(s) on {} {:?} node(s), \
-             ramp {}/s, then {:.1} s",
+             spread by {:?}, ramp {}/s, then {:.1} s",
             self.rooms,
             self.urls.len(),
             self.target,
+            self.spread,
             self.ramp_per_second,
             self.duration.as_secs_f64()
         )

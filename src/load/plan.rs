@@ -4,12 +4,13 @@
 //! publisher stream numbers) and the ramp schedule. Pure functions of the
 //! configuration and of elapsed time.
 //!
-//! Rooms, not participants, are spread round-robin over the nodes, so every run
-//! measures rooms that live on one node; spreading a room's participants over nodes,
-//! to load cascades between them, is not done yet. Within a room, publishers join
-//! first.
+//! Either rooms or participants go round-robin over the nodes ([`SpreadBy`]):
+//! whole rooms on one node each, or every room across all the nodes, with its
+//! media cascaded between them. Within a room, publishers join first.
 
 use std::time::Duration;
+
+use super::SpreadBy;
 
 /// What a participant does in its room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -37,6 +38,7 @@ pub struct Planned {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout<'a> {
     pub urls: &'a [String],
+    pub spread: SpreadBy,
     /// Room names are this prefix, a dash and the room's number.
     pub room_prefix: &'a str,
     pub rooms: usize,
@@ -50,7 +52,6 @@ pub fn participants(layout: &Layout) -> Vec<Planned> {
     let mut stream = 0u32;
     for room_index in 0..layout.rooms {
         let room = format!("{}-{room_index}", layout.room_prefix);
-        let url = layout.urls[room_index % layout.urls.len().max(1)].clone();
         let roles = std::iter::repeat_n(Role::Publisher, layout.publishers)
             .chain(std::iter::repeat_n(Role::Subscriber, layout.subscribers));
         for (i, role) in roles.enumerate() {
@@ -60,10 +61,14 @@ pub fn participants(layout: &Layout) -> Vec<Planned> {
                 "sub"
             };
             stream += u32::from(role == Role::Publisher);
+            let node = match layout.spread {
+                SpreadBy::Rooms => room_index,
+                SpreadBy::Participants => room_index + i,
+            };
             planned.push(Planned {
                 identity: format!("{room}-{tag}-{i}"),
                 room: room.clone(),
-                url: url.clone(),
+                url: layout.urls[node % layout.urls.len().max(1)].clone(),
                 role,
                 stream,
             });
@@ -107,6 +112,7 @@ mod tests {
         let urls = vec!["ws://a".to_owned(), "ws://b".to_owned()];
         let layout = Layout {
             urls: &urls,
+            spread: SpreadBy::Rooms,
             room_prefix: "load-x",
             rooms: 3,
             publishers: 2,
@@ -132,6 +138,27 @@ mod tests {
         );
         assert_eq!(receivers(&all, 2), 9, "publishers hear each other");
         assert_eq!(receivers(&all[..2], 1), 0, "a lone publisher hears nobody");
+    }
+
+    #[test]
+    fn participants_spread_over_every_node() {
+        let urls = vec![
+            "ws://a".to_owned(),
+            "ws://b".to_owned(),
+            "ws://c".to_owned(),
+        ];
+        let layout = Layout {
+            urls: &urls,
+            spread: SpreadBy::Participants,
+            room_prefix: "load-y",
+            rooms: 2,
+            publishers: 2,
+            subscribers: 2,
+        };
+        let all = participants(&layout);
+        let nodes: Vec<&str> = all.iter().map(|p| &p.url[5..]).collect();
+        assert_eq!(nodes, ["a", "b", "c", "a", "b", "c", "a", "b"]);
+        assert_eq!(all[4].room, "load-y-1");
     }
 
     #[test]

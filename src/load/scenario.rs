@@ -46,6 +46,7 @@ pub async fn run_scenario(config: LoadConfig) -> Result<Summary, LoadError> {
     let mut processes = Processes::first(&config.server_pids)?;
     let plans = plan::participants(&Layout {
         urls: &config.urls,
+        spread: config.spread,
         room_prefix: &config.room_prefix,
         rooms: config.rooms,
         publishers: config.publishers,
