@@ -1,11 +1,13 @@
 //! Placement through etcd: membership on a lease, room ownership by
 //! compare-and-swap, self-fencing, and load reports.
 //!
-//! Three background tasks keep the node's standing:
+//! Four background tasks keep the node's standing:
 //! - the *session* grants the lease, registers the node, reclaims rooms still
 //!   open here after a lost lease, and sends keep-alives; every acknowledged
 //!   keep-alive moves the [`FenceGate`] deadline (see [`fence`](super::fence));
 //! - the *membership watch* mirrors `{prefix}/nodes/` into a local view;
+//! - the *room directory watch* mirrors every room's owner and shard records
+//!   (see [`directory`]), which the rooms' periodic checks read;
 //! - the *load reporter* writes this node's load and reads everyone else's.
 //!
 //! A room is owned by the node whose txn created `{prefix}/rooms/{room}/owner`
@@ -16,7 +18,8 @@
 //!
 //! Layout: `session` (lease, keep-alives, fencing deadline, reclaiming rooms),
 //! `ownership` (owner and shard records, admission, epoch-guarded writes),
-//! `members` (membership watch, load reports, node choice, listings); this file
+//! `members` (membership watch, load reports, node choice, listings),
+//! `directory` (the mirror of rooms' owner and shard records); this file
 //! holds the shared state and the [`Placement`] implementation over them.
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,10 +43,12 @@ use crate::cluster::*;
 use crate::config::ClusterConfig;
 use crate::metrics::{EtcdRequest, Metrics};
 
+mod directory;
 mod members;
 mod ownership;
 mod session;
 
+use directory::Directory;
 use ownership::{owner_of, Claim};
 
 /// Longest wait for one etcd request before the store counts as unreachable.
@@ -79,6 +84,8 @@ struct Shared {
     /// Rooms this node holds a shard of (owned or not).
     shards: std::collections::HashSet<RoomName>,
     members: BTreeMap<String, NodeInfo>,
+    /// Every room's owner and shards, as the directory watch last saw them.
+    directory: Directory,
     /// Load reports by node, with the revision last seen and when it changed.
     loads: BTreeMap<String, (NodeLoad, i64, Instant)>,
     own_load: NodeLoad,
@@ -135,6 +142,7 @@ impl EtcdPlacement {
                 owned: HashMap::new(),
                 shards: std::collections::HashSet::new(),
                 members: BTreeMap::new(),
+                directory: Directory::default(),
                 loads: BTreeMap::new(),
                 own_load: NodeLoad::default(),
                 store_reachable: false,
@@ -143,6 +151,7 @@ impl EtcdPlacement {
         });
         tokio::spawn(placement.clone().run_session());
         tokio::spawn(placement.clone().watch_members());
+        tokio::spawn(placement.clone().watch_rooms());
         tokio::spawn(placement.clone().report_loads());
         Ok(placement)
     }

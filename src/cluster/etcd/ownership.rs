@@ -297,7 +297,14 @@ impl EtcdPlacement {
         let Some(lease) = lease.filter(|_| self.gate.is_open_now()) else {
             return Err(PlacementError::Fenced);
         };
-        if self.fetch_owner(room).await?.is_some() {
+        // The directory tells without a request whether the room has an owner;
+        // only when it cannot tell is etcd asked.
+        let known = self.shared().directory.owner(room).map(|o| o.is_some());
+        let owned = match known {
+            Some(owned) => owned,
+            None => self.fetch_owner(room).await?.is_some(),
+        };
+        if owned {
             return Ok(None);
         }
         match self.claim(room, lease).await? {
