@@ -317,6 +317,84 @@ fn secs(n: u64) -> Duration {
 }
 
 /// Writes a file under `target/artifacts/`.
+/// Writes a WAV file of a steady 440 Hz tone at about -10 dBov, for a fake
+/// microphone that speaks all the time (Chromium loops the file).
+fn tone_wav(dir: &std::path::Path) -> PathBuf {
+    const RATE: u32 = 48_000;
+    let samples: Vec<i16> = (0..RATE)
+        .map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / f64::from(RATE);
+            (phase.sin() * 0.3 * f64::from(i16::MAX)) as i16
+        })
+        .collect();
+    let data_len = (samples.len() * 2) as u32;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&RATE.to_le_bytes());
+    wav.extend_from_slice(&(RATE * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        wav.extend_from_slice(&sample.to_le_bytes());
+    }
+    let path = dir.join("tone.wav");
+    std::fs::write(&path, wav).expect("write the tone");
+    path
+}
+
+/// Waits until every page names `who` as the dominant speaker and highlights
+/// that participant's tile.
+fn wait_highlighted(pages: &[&Page], who: &str) {
+    wait(pages, &format!("{who} highlighted"), secs(20), |statuses| {
+        let named = statuses.iter().all(|s| s.speaker.as_deref() == Some(who));
+        let lit = pages.iter().all(|page| {
+            let tiles = page.tiles();
+            let speaking: Vec<_> = tiles.iter().filter(|t| t.speaking).collect();
+            // Every tile, one's own too, names its participant.
+            speaking.len() == 1 && speaking[0].participant.as_deref() == Some(who)
+        });
+        (named && lit).then_some(())
+    });
+}
+
+#[test]
+fn the_speaker_highlight_follows_whoever_talks() {
+    let _turn = serial();
+    let node = start_node();
+    let driver = ChromeDriver::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tone = tone_wav(dir.path());
+    let flags = [format!(
+        "--use-file-for-fake-audio-capture={}",
+        tone.display()
+    )];
+    let base = base_url(&node);
+    let pages: Vec<Page> = ["Ada Lovelace", "Grace Hopper"]
+        .iter()
+        .map(|name| Page::join_with(&driver, &base, "talk", name, (800, 600), &flags))
+        .collect();
+    let ada = pages[0].wait_joined(secs(30));
+    let grace = pages[1].wait_joined(secs(30));
+    let both = [&pages[0], &pages[1]];
+    wait_media_flows(&both, FLOWING, secs(30));
+
+    // Grace mutes: only Ada's microphone carries sound.
+    pages[1].browser.click("#toggle-mic");
+    wait_highlighted(&both, &ada);
+
+    // Ada mutes and Grace speaks again.
+    pages[0].browser.click("#toggle-mic");
+    pages[1].browser.click("#toggle-mic");
+    wait_highlighted(&both, &grace);
+}
+
 fn save_artifact(name: &str, bytes: &[u8]) {
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let dir = target.parent().expect("target dir").join("artifacts");

@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use crate::ids::TrackId;
 use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{
-    self, CascadeOrigin, DownTrackSink, Offer, Source, UpTrack, UpTrackCommand, UpTrackHandle,
-    CASCADE_IMPORT_QUEUE,
+    self, CascadeOrigin, DownTrackSink, Offer, PacketMeta, Source, UpTrack, UpTrackCommand,
+    UpTrackHandle, CASCADE_IMPORT_QUEUE,
 };
 use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters};
 use crate::participant::peer::video_feedback;
@@ -169,6 +169,8 @@ pub fn import(
         config: forwarder_config(kind, &codec.mime_type),
         metrics: origin.cascade.metrics.clone(),
         codec,
+        // The origin's link carries the level under the link's own id.
+        audio_level_id: (kind == TrackKind::Audio).then_some(wire::AUDIO_LEVEL_ID),
         source: Source::Cascade {
             packets: packets_rx,
             origin: origin.clone(),
@@ -213,7 +215,12 @@ struct LinkSink {
 }
 
 impl DownTrackSink for LinkSink {
-    fn offer(&mut self, packet: Packet, _arrived: Option<Instant>) -> Offer {
+    fn offer(&mut self, mut packet: Packet, meta: PacketMeta) -> Offer {
+        if let Some(level) = meta.audio_level {
+            // One byte under the link's own id; the far node's up-track reads it.
+            let data = Bytes::copy_from_slice(&[level]);
+            let _ = packet.header.set_extension(wire::AUDIO_LEVEL_ID, data);
+        }
         let Ok(rtp) = packet.marshal() else {
             return Offer::Refused;
         };

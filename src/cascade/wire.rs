@@ -16,6 +16,10 @@ use crate::signal::protocol::{ParticipantInfo, TrackInfo};
 pub const MEDIA_VERSION: u8 = 1;
 /// Bytes before the RTP packet in a media datagram.
 pub const MEDIA_HEADER: usize = 9;
+/// The RTP header extension id under which a media datagram of an audio track
+/// carries the publisher's audio level (RFC 6464): links have no SDP, so the id is
+/// fixed here. Extensions of the publisher's own connection never cross a link.
+pub const AUDIO_LEVEL_ID: u8 = 1;
 /// Largest control frame accepted.
 pub const MAX_CONTROL_FRAME: usize = 1 << 20;
 

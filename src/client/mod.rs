@@ -16,9 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp::packet::Packet;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 
 use crate::ids::TrackId;
@@ -137,7 +140,7 @@ pub struct Client {
 pub struct LocalTrack {
     pub cid: String,
     pub kind: TrackKind,
-    track: Arc<dyn TrackLocal>,
+    track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     payload_type: u8,
     /// Set when the server asked for a keyframe; cleared by `take_keyframe_request`.
@@ -153,6 +156,21 @@ impl LocalTrack {
         packet.header.payload_type = self.payload_type;
         self.track
             .write_rtp(packet)
+            .await
+            .map_err(ClientError::from)
+    }
+
+    /// Writes one audio packet carrying an audio level (RFC 6464) of -`dbov` dBov,
+    /// under the id the connection negotiated for the extension.
+    pub async fn write_with_level(&self, mut packet: Packet, dbov: u8) -> Result<(), ClientError> {
+        packet.header.ssrc = self.ssrc;
+        packet.header.payload_type = self.payload_type;
+        let level = AudioLevelExtension {
+            level: dbov.min(127),
+            voice: dbov < 127,
+        };
+        self.track
+            .write_rtp_with_extensions(packet, &[HeaderExtension::AudioLevel(level)])
             .await
             .map_err(ClientError::from)
     }

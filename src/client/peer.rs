@@ -31,7 +31,7 @@ use super::lossy::LossyRuntime;
 use super::{ClientError, ClientEvent, LocalTrack, PublishCodec};
 use crate::ids::TrackId;
 use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
-use crate::participant::peer::media_engine;
+use crate::participant::peer::{media_engine, register_audio_level};
 
 /// Must match one of the H.264 formats the server registers.
 const H264_CONSTRAINED_BASELINE: &str =
@@ -76,6 +76,7 @@ pub(crate) async fn build_peer(
         rtc::interceptor::Slot::from(FEEDBACK_SLOT),
         KeyframeFeedback::default(),
     );
+    register_audio_level(&mut engine)?;
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .build();
@@ -132,7 +133,7 @@ pub(crate) async fn add_local_track(
         codec_kind,
         vec![encoding],
     );
-    let track: Arc<dyn TrackLocal> = Arc::new(TrackLocalStaticRTP::new(media));
+    let track = Arc::new(TrackLocalStaticRTP::new(media));
     pc.add_track(track.clone()).await?;
 
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
@@ -155,7 +156,7 @@ pub(crate) async fn add_local_track(
 }
 
 async fn watch_feedback(
-    track: Arc<dyn TrackLocal>,
+    track: Arc<TrackLocalStaticRTP>,
     wanted: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
 ) {

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 
 use crate::media::forwarder::DownTrackKey;
-use crate::media::uptrack::{DownTrackSink, Offer, UpTrackCommand, UpTrackHandle};
+use crate::media::uptrack::{DownTrackSink, Offer, PacketMeta, UpTrackCommand, UpTrackHandle};
 use crate::metrics::{Direction, GaugeGuard, Kind, Metrics, Path, RtpCounters, Task};
 
 /// Counters for one down-track.
@@ -83,7 +83,7 @@ pub struct PeerSink {
 }
 
 impl DownTrackSink for PeerSink {
-    fn offer(&mut self, packet: Packet, arrived: Option<Instant>) -> Offer {
+    fn offer(&mut self, packet: Packet, meta: PacketMeta) -> Offer {
         let bytes = packet.payload.len();
         // The write completes at its first poll unless the connection's queue is
         // full (or its track lock is held for a rebind): then it is dropped, and
@@ -100,7 +100,7 @@ impl DownTrackSink for PeerSink {
         }
         let now = Instant::now();
         self.sent.record(now, bytes);
-        if let Some(arrived) = arrived {
+        if let Some(arrived) = meta.arrived {
             let delay = now.saturating_duration_since(arrived);
             self.delay.observe(delay.as_secs_f64());
         }

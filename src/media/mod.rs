@@ -28,3 +28,12 @@ pub mod speaker;
 pub mod downtrack;
 pub mod feedback;
 pub mod uptrack;
+
+/// Sleeps until `deadline`, or forever without one: the timer arm of the shells'
+/// `select!` loops, whose I/O-free cores say when they next want the time.
+pub(crate) async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

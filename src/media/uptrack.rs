@@ -21,13 +21,15 @@ use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::shared::marshal::Unmarshal;
 use tokio::sync::mpsc;
-use tokio::time::sleep_until;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::ids::TrackId;
 use crate::media::codec::MediaKind;
 use crate::media::forwarder::{DownTrackKey, Forwarder, ForwarderConfig};
+use crate::media::sleep_until_opt;
+use crate::media::speaker::AudioLevel;
 use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters, Task, DELAY_SAMPLE_EVERY};
+use crate::room::speakers::LevelSink;
 
 /// Packets of a cascaded track that may wait between the link and its up-track.
 pub const CASCADE_IMPORT_QUEUE: usize = 512;
@@ -36,9 +38,19 @@ pub const CASCADE_IMPORT_QUEUE: usize = 512;
 /// or a cascade link to another node. Called on the up-track task for every packet,
 /// so it must not block and should not allocate.
 pub trait DownTrackSink: Send {
-    /// Takes `packet` now or refuses it. `arrived` is when the publisher's packet
-    /// arrived, on a sample of packets, to measure the forwarding delay.
-    fn offer(&mut self, packet: Packet, arrived: Option<Instant>) -> Offer;
+    /// Takes `packet` now or refuses it.
+    fn offer(&mut self, packet: Packet, meta: PacketMeta) -> Offer;
+}
+
+/// What the up-track knows of a packet beyond its rewritten copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// When the publisher's packet arrived, on a sample of packets, to measure the
+    /// forwarding delay.
+    pub arrived: Option<Instant>,
+    /// The publisher's audio level byte (RFC 6464), which the copy no longer carries:
+    /// a cascade link passes it on, so that the far node hears speakers too.
+    pub audio_level: Option<u8>,
 }
 
 /// What a [`DownTrackSink`] did with a packet.
@@ -68,6 +80,10 @@ pub enum UpTrackCommand {
     },
     KeyframeRequest {
         from: DownTrackKey,
+    },
+    /// Report the level of every audio packet here from now on.
+    HearLevels {
+        sink: LevelSink,
     },
     Stop,
 }
@@ -143,6 +159,9 @@ pub struct UpTrack {
     pub source: Source,
     pub codec: RTCRtpCodec,
     pub config: ForwarderConfig,
+    /// The id of the audio level header extension in the packets that arrive; None
+    /// for video, or when the publisher did not negotiate it.
+    pub audio_level_id: Option<u8>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -178,6 +197,9 @@ struct Loop {
     /// Packets and bytes received from the publisher.
     received: RtpCounters,
     queue_drops: prometheus::IntCounter,
+    audio_level_id: Option<u8>,
+    /// The room's speaker task, once the room asked to hear this track.
+    levels: Option<LevelSink>,
 }
 
 async fn run(
@@ -195,6 +217,8 @@ async fn run(
             .metrics
             .rtp_counters(Direction::In, kind, up.source.path()),
         queue_drops: up.metrics.queue_drops(kind),
+        audio_level_id: up.audio_level_id,
+        levels: None,
     };
     let mut source = up.source;
     loop {
@@ -242,6 +266,7 @@ async fn next_packet(source: &mut Source) -> Option<Packet> {
 impl Loop {
     fn forward(&mut self, mut packet: Packet) {
         let now = Instant::now();
+        let audio_level = self.hear(now, &packet);
         // Extension ids are negotiated per connection: the publisher's mean nothing
         // to a subscriber, and the subscriber's own interceptors add theirs.
         packet.header.extension = false;
@@ -256,16 +281,30 @@ impl Loop {
             .stats()
             .packets_in
             .is_multiple_of(DELAY_SAMPLE_EVERY);
-        let arrived = sampled.then_some(now);
+        let meta = PacketMeta {
+            arrived: sampled.then_some(now),
+            audio_level,
+        };
         for (key, copy) in self.out.drain(..) {
             let Some(sink) = self.sinks.get_mut(&key) else {
                 continue;
             };
-            if sink.offer(copy, arrived) == Offer::Full {
+            if sink.offer(copy, meta) == Offer::Full {
                 self.counters.queue_drops.fetch_add(1, Ordering::Relaxed);
                 self.queue_drops.inc();
             }
         }
+    }
+
+    /// Reads the packet's audio level and tells the speaker task, if it listens.
+    fn hear(&mut self, now: Instant, packet: &Packet) -> Option<u8> {
+        let data = packet.header.get_extension(self.audio_level_id?)?;
+        // A malformed element is ignored: the packet itself is still forwarded.
+        let level = AudioLevel::parse(&data).ok()?;
+        if let Some(levels) = &self.levels {
+            levels.offer(now, level);
+        }
+        data.first().copied()
     }
 
     fn apply(&mut self, command: UpTrackCommand, source: &Source) {
@@ -302,6 +341,7 @@ impl Loop {
             UpTrackCommand::KeyframeRequest { from } => {
                 self.forwarder.handle_keyframe_request(now, from)
             }
+            UpTrackCommand::HearLevels { sink } => self.levels = Some(sink),
             UpTrackCommand::Stop => {}
         }
     }
@@ -322,12 +362,5 @@ impl Loop {
             }
             Source::Cascade { origin, .. } => origin.keyframe(),
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

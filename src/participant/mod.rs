@@ -366,6 +366,9 @@ impl Participant {
             RoomEvent::TrackMuted { track_id, muted } => {
                 self.send(ServerMessage::TrackMuted { track_id, muted })
             }
+            RoomEvent::Speakers { dominant, speakers } => {
+                self.send(ServerMessage::SpeakersChanged { dominant, speakers })
+            }
             RoomEvent::Cut => {
                 self.outbox.abort();
                 self.leave(LeaveReason::Disconnected, ctx);

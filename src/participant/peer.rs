@@ -17,7 +17,7 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
@@ -129,7 +129,9 @@ impl PeerFactory {
         handler: Arc<Handler>,
     ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
         let mut media_engine = media_engine()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        register_audio_level(&mut media_engine)?;
+        let registry = registry
             .with(Slot::from(FEEDBACK_SLOT), KeyframeFeedback::default())
             .with(
                 Slot::from(RTCP_TAP_SLOT),
@@ -198,6 +200,32 @@ pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
     Ok(engine)
 }
 
+/// The URI of the audio level header extension (RFC 6464).
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// Offers and accepts the audio level extension on audio, which speaker detection
+/// reads. Registered after the crate's defaults, so their ids stay what they were.
+pub fn register_audio_level(engine: &mut MediaEngine) -> Result<(), webrtc::error::Error> {
+    let extension = RTCRtpHeaderExtensionCapability {
+        uri: AUDIO_LEVEL_URI.to_owned(),
+    };
+    engine.register_header_extension(extension, RtpCodecKind::Audio, None)?;
+    Ok(())
+}
+
+/// The id a session description gives the audio level extension. A bundle uses one
+/// id per extension, so the first `a=extmap` line for it holds for every m-line.
+pub fn audio_level_id(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|line| {
+        let rest = line.trim_end().strip_prefix("a=extmap:")?;
+        let (id, rest) = rest.split_once(' ')?;
+        let uri = rest.split_whitespace().next()?;
+        // The id may carry a direction: `a=extmap:5/recvonly URI`.
+        let id = id.split('/').next()?.parse::<u8>().ok()?;
+        (uri == AUDIO_LEVEL_URI && id != 0).then_some(id)
+    })
+}
+
 const H264_FMTP_BASELINE: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f";
 const H264_FMTP_CONSTRAINED: &str =
@@ -236,4 +264,34 @@ pub(crate) fn video_feedback() -> Vec<RTCPFeedback> {
         parameter: parameter.to_owned(),
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audio_level_id_is_read_from_the_first_extmap_that_names_it() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+            a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+            a=extmap:5/sendrecv urn:ietf:params:rtp-hdrext:ssrc-audio-level vad=on\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+            a=extmap:5 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n";
+        assert_eq!(audio_level_id(sdp), Some(5));
+        let without = "v=0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n";
+        assert_eq!(audio_level_id(without), None);
+    }
+
+    #[test]
+    fn malformed_extmap_lines_give_no_id() {
+        for line in [
+            "a=extmap:x urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:300 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:0 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:3",
+            "a=extmap:",
+        ] {
+            assert_eq!(audio_level_id(line), None, "{line}");
+        }
+    }
 }

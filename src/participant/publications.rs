@@ -10,6 +10,7 @@ use actix::prelude::*;
 use tracing::{info, warn};
 use webrtc::media_stream::track_remote::TrackRemote;
 
+use super::peer::audio_level_id;
 use super::Participant;
 use crate::ids::TrackId;
 use crate::media::codec::{MediaKind, VideoCodec};
@@ -53,6 +54,7 @@ struct RemoteFacts {
     ssrc: u32,
     codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
     kind: TrackKind,
+    audio_level_id: Option<u8>,
 }
 
 impl Participant {
@@ -81,6 +83,7 @@ impl Participant {
     ) {
         let facts = {
             let remote = remote.clone();
+            let pc = self.pc.clone();
             async move {
                 let ssrc = *remote.ssrcs().await.first()?;
                 let codec = remote.codec(ssrc).await?;
@@ -89,11 +92,21 @@ impl Participant {
                     _ => TrackKind::Video,
                 };
                 let cid = remote.track_id().await.to_string();
+                // The description that brought the track names the extension ids
+                // the publisher writes.
+                let audio_level_id = match (kind, pc) {
+                    (TrackKind::Audio, Some(pc)) => pc
+                        .remote_description()
+                        .await
+                        .and_then(|description| audio_level_id(&description.sdp)),
+                    _ => None,
+                };
                 Some(RemoteFacts {
                     cid,
                     ssrc,
                     codec,
                     kind,
+                    audio_level_id,
                 })
             }
         };
@@ -142,6 +155,7 @@ impl Participant {
             },
             codec: facts.codec.clone(),
             config: forwarder_config(facts.kind, &facts.codec.mime_type),
+            audio_level_id: facts.audio_level_id,
             metrics: self.node.metrics.clone(),
         };
         let handle = uptrack::spawn(up, move |track_id| me.do_send(UpTrackEnded { track_id }));

@@ -225,6 +225,11 @@ pub enum RoomEvent {
         track_id: TrackId,
         muted: bool,
     },
+    /// The speakers changed (see [`crate::room::speakers`]).
+    Speakers {
+        dominant: Option<ParticipantId>,
+        speakers: Vec<ParticipantId>,
+    },
     /// This participant must leave: the room closes or its identity joined again.
     Kick {
         reason: LeaveReason,

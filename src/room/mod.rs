@@ -4,3 +4,4 @@ pub mod messages;
 pub mod registry;
 #[allow(clippy::module_inception)]
 pub mod room;
+pub mod speakers;

@@ -11,6 +11,7 @@
 //! arrives over the cascade and lives in `peers` (see the `cascade` submodule).
 
 mod cascade;
+mod speaking;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicI64;
@@ -27,7 +28,8 @@ use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::room::messages::*;
 use crate::room::registry::RoomRegistry;
-use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo};
+use crate::room::speakers::Speakers;
+use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo, TrackKind};
 
 struct Member {
     info: ParticipantInfo,
@@ -81,6 +83,10 @@ pub struct Room {
     generation: u64,
     /// A summary for the placement is scheduled; changes until then ride along.
     summary_pending: bool,
+    /// The speaker task, from the actor's start on.
+    speakers: Option<Speakers>,
+    /// What participants were last told of the speakers; a joiner is told too.
+    speaking: speaking::Told,
     closed: bool,
 }
 
@@ -106,6 +112,8 @@ impl Room {
             tracks: BTreeMap::new(),
             generation: 0,
             summary_pending: false,
+            speakers: None,
+            speaking: speaking::Told::default(),
             closed: false,
         }
     }
@@ -218,6 +226,7 @@ impl Room {
             return;
         };
         track.handle.send(UpTrackCommand::Stop);
+        self.stop_hearing(track_id);
         self.exports.retain(|_, (exported, _)| exported != track_id);
         let event = RoomEvent::TrackUnpublished {
             participant_id: participant_id.clone(),
@@ -267,6 +276,7 @@ impl Actor for Room {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         info!(room = %self.name, epoch = self.epoch(), owner = self.owner, "room opened");
+        self.start_speakers(ctx);
         self.find_peers(ctx);
         // A room opened for a join that never arrives must not linger.
         self.schedule_close(ctx);
@@ -303,6 +313,9 @@ impl Handler<Join> for Room {
         tracks.extend(self.remote_tracks());
         self.broadcast(RoomEvent::ParticipantJoined(msg.info.clone()), None);
         let id = msg.info.id.clone();
+        if let Some(event) = self.speaking.event() {
+            msg.events.do_send(event);
+        }
         self.members.insert(
             id,
             Member {
@@ -338,6 +351,9 @@ impl Handler<PublishTrack> for Room {
             info: msg.info.clone(),
             handle: msg.handle.clone(),
         };
+        if msg.info.kind == TrackKind::Audio {
+            self.hear(&msg.info.id, &msg.handle);
+        }
         self.tracks.insert(
             msg.info.id.clone(),
             Published {

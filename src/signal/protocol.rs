@@ -130,6 +130,13 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<i64>,
     },
+    /// Who speaks, from the audio levels the publishers send: the dominant speaker
+    /// (kept through silence) and everyone speaking now, loudest first. Sent on
+    /// every change, and once on joining a room where someone has spoken.
+    SpeakersChanged {
+        dominant: Option<ParticipantId>,
+        speakers: Vec<ParticipantId>,
+    },
 }
 
 /// A trickled ICE candidate, shaped like the browser's `RTCIceCandidateInit`.

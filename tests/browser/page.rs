@@ -23,6 +23,9 @@ pub struct Status {
     pub reconnects: u32,
     #[serde(default)]
     pub error: Option<String>,
+    /// The dominant speaker the server announced.
+    #[serde(default)]
+    pub speaker: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +51,8 @@ pub struct Tile {
     pub participant: Option<String>,
     pub name: String,
     pub width: u64,
+    /// Highlighted as the speaker.
+    pub speaking: bool,
 }
 
 pub struct Page {
@@ -64,7 +69,19 @@ impl Page {
         name: &str,
         size: (u32, u32),
     ) -> Page {
-        let browser = driver.open(name, size);
+        Page::join_with(driver, base, room, name, size, &[])
+    }
+
+    /// As [`Page::join`], with more command-line flags for its browser.
+    pub fn join_with(
+        driver: &ChromeDriver,
+        base: &str,
+        room: &str,
+        name: &str,
+        size: (u32, u32),
+        extra: &[String],
+    ) -> Page {
+        let browser = driver.open_with(name, size, extra);
         browser.navigate(&format!("{base}/?room={room}"));
         browser.type_into("#name", name);
         browser.click("#join");
@@ -85,6 +102,7 @@ impl Page {
             participant: t.dataset.participant ?? null,
             name: t.querySelector('.name').textContent,
             width: t.querySelector('video').videoWidth,
+            speaking: t.classList.contains('speaking'),
         }));";
         serde_json::from_value(self.browser.execute(script, json!([]))).expect("tiles")
     }

@@ -72,13 +72,14 @@ impl ChromeDriver {
     }
 
     /// Opens a new headless browser with a fake camera and microphone, its window
-    /// `size` pixels wide and high.
-    pub fn open(&self, label: &str, size: (u32, u32)) -> Browser {
+    /// `size` pixels wide and high, and `extra` flags on Chromium's command line.
+    pub fn open_with(&self, label: &str, size: (u32, u32), extra: &[String]) -> Browser {
         let n = self
             .opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let profile = self.profiles.path().join(format!("profile-{n}"));
-        let args = chromium_args(&profile, size);
+        let mut args = chromium_args(&profile, size);
+        args.extend_from_slice(extra);
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},

@@ -13,7 +13,7 @@
 
 import { Connection } from './connection.js';
 import { LocalMedia } from './media.js';
-import { SpeakerDetector, StatsSampler } from './stats.js';
+import { StatsSampler } from './stats.js';
 
 /** The server's rule for room names. */
 export const ROOM_NAME = /^[A-Za-z0-9._-]{1,128}$/;
@@ -70,12 +70,12 @@ export class Meeting {
     this.attempt = 0;
     this.redirects = 0;
     this.freshTokenTried = false;
+    /** The dominant speaker and everyone speaking now, as the server hears them. */
     this.speaker = null;
-    this.levels = new Map();
+    this.speakers = [];
 
     this.timers = { retry: null, stats: null, disconnected: null };
     this.sampler = new StatsSampler();
-    this.detector = new SpeakerDetector();
   }
 
   get url() {
@@ -142,6 +142,7 @@ export class Meeting {
       case 'track_published': return this.onTrackPublished(msg.track);
       case 'track_unpublished': return this.onTrackUnpublished(msg.track_id, msg.participant_id);
       case 'track_muted': return this.onTrackMuted(msg.track_id, msg.muted);
+      case 'speakers_changed': return this.onSpeakers(msg.dominant, msg.speakers);
       case 'error':
         if (msg.code === 'permission_denied' && msg.request === 'publish_track') {
           this.notice = 'Your access token does not allow publishing: others cannot see or ' +
@@ -346,6 +347,13 @@ export class Meeting {
     this.remote.clear();
     this.participants.clear();
     this.speaker = null;
+    this.speakers = [];
+  }
+
+  onSpeakers(dominant, speakers) {
+    this.speaker = dominant ?? null;
+    this.speakers = speakers ?? [];
+    this.changed();
   }
 
   toggle(kind) {
@@ -411,24 +419,13 @@ export class Meeting {
   async sampleStats() {
     const conn = this.conn;
     if (!conn || this.state !== 'joined') return;
-    const { inbound, localLevel } = await this.sampler.sample(conn.pc);
+    const { inbound } = await this.sampler.sample(conn.pc);
     if (conn !== this.conn) return;
-    const levels = new Map();
     for (const s of inbound) {
       const entry = this.remote.get(s.mid) ??
         [...this.remote.values()].find((r) => r.track?.id === s.trackIdentifier);
-      if (!entry) continue;
-      entry.stats = s;
-      const owner = this.ownerOf(entry);
-      if (s.kind === 'audio' && owner && !this.trackInfo(entry)?.muted) {
-        levels.set(owner, Math.max(levels.get(owner) ?? 0, s.level));
-      }
+      if (entry) entry.stats = s;
     }
-    if (this.publications.audio && !this.publications.audio.muted) {
-      levels.set(this.participantId, localLevel);
-    }
-    this.levels = levels;
-    this.speaker = this.detector.update(levels, performance.now());
     this.changed();
   }
 
@@ -438,10 +435,6 @@ export class Meeting {
       if (entry.trackId && p.tracks.has(entry.trackId)) return p.id;
     }
     return entry.participantId;
-  }
-
-  trackInfo(entry) {
-    return this.participants.get(this.ownerOf(entry))?.tracks.get(entry.trackId) ?? null;
   }
 
   changed() {
@@ -478,6 +471,7 @@ export class Meeting {
       remote,
       reconnects: this.reconnects,
       speaker: this.speaker,
+      speakers: this.speakers,
       error: this.error,
     });
   }

@@ -21,7 +21,7 @@ use crate::cluster::{ClusterCounters, Epoch, NodeInfo};
 use crate::ids::{ParticipantId, TrackId};
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::room::messages::{RoomEvent, SetEpoch, ShardPeers};
-use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo};
+use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo, TrackKind};
 
 /// How often a shard of a room owned elsewhere checks that the owner still exists.
 const OWNER_CHECK: Duration = Duration::from_secs(1);
@@ -270,6 +270,7 @@ impl Room {
             );
         }
         track.handle.send(UpTrackCommand::Stop);
+        self.stop_hearing(&track.info.id);
         if let Some(cascade) = &self.cascade {
             cascade.links.unroute(peer, track.channel);
         }
@@ -428,6 +429,9 @@ impl Room {
                         channel,
                     };
                     let imported = cascade::import(origin, track.info.kind, &track.codec, |_| {});
+                    if track.info.kind == TrackKind::Audio {
+                        self.hear(&id, &imported.handle);
+                    }
                     let event = RoomEvent::TrackPublished {
                         info: track.info.clone(),
                         handle: imported.handle.clone(),
