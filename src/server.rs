@@ -154,13 +154,8 @@ pub async fn start(
     )
     .await
     .map_err(std::io::Error::other)?;
-    let registry = RoomRegistry::new(
-        placement.clone(),
-        cascade.clone(),
-        config.room.max_participants,
-        config.room.empty_timeout,
-    )
-    .start();
+    let registry =
+        RoomRegistry::new(placement.clone(), cascade.clone(), config.room.clone()).start();
     let links = registry.clone();
     actix_web::rt::spawn(async move {
         while let Some(event) = link_rx.recv().await {

@@ -1,18 +1,20 @@
 //! Active speakers: the node reads the audio level every publisher sends (RFC 6464)
-//! and tells the room who speaks, on one node and across a cascade link.
+//! and tells the room who speaks, on one node and across a cascade link; in a large
+//! room, only the cameras of the most recent speakers are forwarded (last-N).
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::etcd::Etcd;
-use common::{packet, publish, wait_for, Node};
+use common::{packet, publish, send_packets, wait_for, Node};
 use relais::client::{Client, ClientEvent, LocalTrack};
-use relais::ids::ParticipantId;
+use relais::ids::{ParticipantId, TrackId};
 use relais::media::speaker::SILENT_DBOV;
-use relais::signal::protocol::{ServerMessage, TrackKind};
+use relais::signal::protocol::{ClientMessage, ServerMessage, TrackKind, TrackSource};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -111,7 +113,11 @@ async fn the_dominant_speaker_follows_who_talks_and_ignores_a_cough() {
 
     alice_voice.talk();
     let speakers = await_dominant(&mut carol, &alice_id).await;
-    assert_eq!(speakers, std::slice::from_ref(&alice_id), "only alice speaks");
+    assert_eq!(
+        speakers,
+        std::slice::from_ref(&alice_id),
+        "only alice speaks"
+    );
 
     // Bob coughs: 100 ms of sound, a third of the speech a speaker needs.
     bob_voice.talk();
@@ -164,4 +170,154 @@ async fn a_speaker_on_one_node_is_heard_on_another() {
     voice.talk();
     let speakers = await_dominant(&mut bob, &alice_id).await;
     assert_eq!(speakers, [alice_id]);
+}
+
+/// What a subscriber saw of one publisher: its tracks by kind.
+#[derive(Default)]
+struct Seen {
+    /// Track id to (publisher, kind), from `track_published`.
+    tracks: HashMap<TrackId, (ParticipantId, TrackKind)>,
+    /// RTP packets received per (publisher, kind) since the last `reset`.
+    packets: HashMap<(ParticipantId, TrackKind), u64>,
+    /// The latest `track_paused` per track.
+    paused: HashMap<TrackId, bool>,
+}
+
+impl Seen {
+    fn note(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Server(ServerMessage::TrackPublished { track }) => {
+                self.tracks
+                    .insert(track.id.clone(), (track.participant_id, track.kind));
+            }
+            ClientEvent::Server(ServerMessage::TrackPaused { track_id, paused }) => {
+                self.paused.insert(track_id, paused);
+            }
+            ClientEvent::Rtp { track_id, .. } => {
+                if let Some(owner) = self.tracks.get(&track_id) {
+                    *self.packets.entry(owner.clone()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn received(&self, who: &ParticipantId, kind: TrackKind) -> u64 {
+        let key = (who.clone(), kind);
+        self.packets.get(&key).copied().unwrap_or(0)
+    }
+
+    fn camera_paused(&self, who: &ParticipantId) -> Option<bool> {
+        let (id, _) = self
+            .tracks
+            .iter()
+            .find(|(_, owner)| **owner == (who.clone(), TrackKind::Video))?;
+        self.paused.get(id).copied()
+    }
+}
+
+/// Reads events into `seen` until `done` holds, or panics naming `what`.
+async fn watch(client: &mut Client, seen: &mut Seen, what: &str, done: impl Fn(&Seen) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done(seen) {
+        let Some(event) = client.next_event(deadline).await else {
+            panic!("timed out waiting for {what}");
+        };
+        seen.note(event);
+    }
+}
+
+/// Reads events into a fresh count for `window`, keeping what `seen` knows of tracks.
+async fn count_for(client: &mut Client, seen: &mut Seen, window: Duration) {
+    let until = Instant::now() + window;
+    seen.packets.clear();
+    while let Some(event) = client.next_event(until).await {
+        seen.note(event);
+    }
+}
+
+/// Publishes a camera that sends a packet every 10 ms, a keyframe every 30 and on
+/// request, for at most a minute.
+async fn camera(client: &Client) -> JoinHandle<()> {
+    let track = client
+        .publish("cam", TrackKind::Video, TrackSource::Camera)
+        .await
+        .expect("publish a camera");
+    tokio::spawn(async move { send_packets(&track, 0, 6_000, Duration::from_millis(10)).await })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_room_forwards_the_cameras_of_recent_speakers_and_pinned_ones() {
+    // One camera forwarded in rooms of more than two.
+    let node = Node::start_with("[room]\nlast_n = 1\nlast_n_above = 2\n");
+    let (alice, alice_id, _) = joined_id(&node, "plenary", "alice").await;
+    let (bob, bob_id, _) = joined_id(&node, "plenary", "bob").await;
+    let (mut carol, _, _) = joined_id(&node, "plenary", "carol").await;
+    let mut seen = Seen::default();
+
+    // Nobody has spoken: the first camera to arrive is the one forwarded.
+    let alice_camera = camera(&alice).await;
+    watch(&mut carol, &mut seen, "alice's video", |s| {
+        s.received(&alice_id, TrackKind::Video) > 0
+    })
+    .await;
+    let bob_camera = camera(&bob).await;
+    let alice_voice = Voice::start(publish(&alice, "mic", TrackKind::Audio).await);
+    let bob_voice = Voice::start(publish(&bob, "mic", TrackKind::Audio).await);
+    watch(&mut carol, &mut seen, "bob's camera held back", |s| {
+        s.camera_paused(&bob_id) == Some(true)
+    })
+    .await;
+    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
+    assert!(seen.received(&alice_id, TrackKind::Video) > 0);
+    assert_eq!(
+        seen.received(&bob_id, TrackKind::Video),
+        0,
+        "bob's camera paused"
+    );
+    assert!(
+        seen.received(&bob_id, TrackKind::Audio) > 0,
+        "audio is never held back"
+    );
+
+    // Bob speaks: his camera takes the place, Alice's is paused.
+    bob_voice.talk();
+    watch(&mut carol, &mut seen, "the cameras swapped", |s| {
+        s.camera_paused(&bob_id) == Some(false) && s.camera_paused(&alice_id) == Some(true)
+    })
+    .await;
+    bob_voice.hush();
+    // What was in flight when the pause took effect lands first.
+    count_for(&mut carol, &mut seen, Duration::from_millis(300)).await;
+    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
+    assert!(
+        seen.received(&bob_id, TrackKind::Video) > 0,
+        "bob's video resumed"
+    );
+    assert_eq!(
+        seen.received(&alice_id, TrackKind::Video),
+        0,
+        "alice's camera paused"
+    );
+    assert!(seen.received(&alice_id, TrackKind::Audio) > 0);
+
+    // Carol pins Alice: she gets both cameras, whoever speaks.
+    let pin = ClientMessage::Pin {
+        participant_ids: vec![alice_id.clone()],
+    };
+    carol.send(pin).expect("send pin");
+    watch(&mut carol, &mut seen, "alice's camera resumed", |s| {
+        s.camera_paused(&alice_id) == Some(false)
+    })
+    .await;
+    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
+    assert!(
+        seen.received(&alice_id, TrackKind::Video) > 0,
+        "the pinned camera"
+    );
+    assert!(seen.received(&bob_id, TrackKind::Video) > 0);
+
+    alice_camera.abort();
+    bob_camera.abort();
+    drop((alice_voice, alice));
 }

@@ -83,6 +83,16 @@ const ENV_VARS: &[EnvVar] = &[
         "a positive integer",
     ),
     env_var(
+        "RELAIS_ROOM_LAST_N",
+        &["room.last_n"],
+        "a whole number, 0 for every camera",
+    ),
+    env_var(
+        "RELAIS_ROOM_LAST_N_ABOVE",
+        &["room.last_n_above"],
+        "a whole number",
+    ),
+    env_var(
         "RELAIS_SIGNALING_MAX_MESSAGE_BYTES",
         &["signaling.max_message_bytes"],
         "bytes",
@@ -182,6 +192,8 @@ impl Config {
     fn apply_limit_var(&mut self, var: &'static EnvVar, value: &str) -> Result<(), ConfigError> {
         match var.name {
             "RELAIS_ROOM_MAX_PARTICIPANTS" => self.room.max_participants = parse_env(var, value)?,
+            "RELAIS_ROOM_LAST_N" => self.room.last_n = parse_env(var, value)?,
+            "RELAIS_ROOM_LAST_N_ABOVE" => self.room.last_n_above = parse_env(var, value)?,
             "RELAIS_SIGNALING_MAX_MESSAGE_BYTES" => {
                 self.signaling.max_message_bytes = parse_env(var, value)?;
             }

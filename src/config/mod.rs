@@ -269,6 +269,13 @@ pub struct RoomConfig {
     pub empty_timeout: Duration,
     /// Most participants one room admits; defaults to 100, at least 1.
     pub max_participants: usize,
+    /// In a room larger than `last_n_above`, the camera video of only this many
+    /// participants, the most recent speakers, is forwarded to each subscriber
+    /// (besides what the subscriber pins, and screen shares); 0 forwards every camera.
+    /// Defaults to 12.
+    pub last_n: usize,
+    /// Rooms of at most this many participants forward every camera; defaults to 20.
+    pub last_n_above: usize,
 }
 
 impl Default for RoomConfig {
@@ -276,6 +283,8 @@ impl Default for RoomConfig {
         RoomConfig {
             empty_timeout: Duration::from_secs(20),
             max_participants: 100,
+            last_n: 12,
+            last_n_above: 20,
         }
     }
 }

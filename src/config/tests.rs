@@ -291,10 +291,13 @@ fn env_room() {
     let config = with_env(&[
         ("RELAIS_ROOM_EMPTY_TIMEOUT_SECS", "5"),
         ("RELAIS_ROOM_MAX_PARTICIPANTS", "12"),
+        ("RELAIS_ROOM_LAST_N", "4"),
+        ("RELAIS_ROOM_LAST_N_ABOVE", "6"),
     ])
     .expect("ok");
     assert_eq!(config.room.empty_timeout, Duration::from_secs(5));
     assert_eq!(config.room.max_participants, 12);
+    assert_eq!((config.room.last_n, config.room.last_n_above), (4, 6));
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! - [`allocator`]: fitting a subscriber's tracks and layers into its estimated downlink.
 //! - [`layers`]: choosing one simulcast layer of a video track for one subscriber.
 //! - [`speaker`]: audio levels (RFC 6464) and the dominant and current speakers.
+//! - [`last_n`]: in a large room, whose video is forwarded: the most recent speakers.
 //!
 //! Around that core sit thin shells that own tasks and sockets:
 //!
@@ -21,6 +22,7 @@ pub mod allocator;
 pub mod codec;
 pub mod forwarder;
 pub mod keyframe;
+pub mod last_n;
 pub mod layers;
 pub mod rewrite;
 pub mod speaker;

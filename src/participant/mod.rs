@@ -16,7 +16,7 @@ pub(crate) mod publications;
 pub mod socket;
 mod subscriptions;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -76,6 +76,10 @@ pub struct Participant {
     announced: HashMap<String, Announced>,
     published: HashMap<crate::ids::TrackId, Publication>,
     subscriptions: HashMap<crate::ids::TrackId, Subscription>,
+    /// Whose cameras the room forwards (last-N); `None` for everyone's.
+    cameras: Option<Arc<BTreeSet<ParticipantId>>>,
+    /// Whose cameras the client wants whatever last-N says.
+    pinned: BTreeSet<ParticipantId>,
     /// DTLS is up: packets written now reach the client instead of being refused.
     media_connected: bool,
     left: bool,
@@ -108,6 +112,8 @@ impl Participant {
             announced: HashMap::new(),
             published: HashMap::new(),
             subscriptions: HashMap::new(),
+            cameras: None,
+            pinned: BTreeSet::new(),
             media_connected: false,
             left: false,
             join_started: None,
@@ -319,6 +325,7 @@ impl Participant {
             }
             ClientMessage::Mute { track_id, muted } => self.on_mute(track_id, muted, ctx),
             ClientMessage::Ping { id } => self.send(ServerMessage::Pong { id }),
+            ClientMessage::Pin { participant_ids } => self.on_pin(participant_ids),
             ClientMessage::Leave => {
                 self.outbox.close(CloseCode::Normal, "left");
                 self.leave(LeaveReason::ClientLeave, ctx);
@@ -369,6 +376,10 @@ impl Participant {
             RoomEvent::Speakers { dominant, speakers } => {
                 self.send(ServerMessage::SpeakersChanged { dominant, speakers })
             }
+            RoomEvent::Forwarding { cameras } => {
+                self.cameras = cameras;
+                self.apply_forwarding();
+            }
             RoomEvent::Cut => {
                 self.outbox.abort();
                 self.leave(LeaveReason::Disconnected, ctx);
@@ -410,6 +421,7 @@ fn kind_of(msg: &ClientMessage) -> &'static str {
         ClientMessage::Unsubscribe { .. } => "unsubscribe",
         ClientMessage::Mute { .. } => "mute",
         ClientMessage::Ping { .. } => "ping",
+        ClientMessage::Pin { .. } => "pin",
         ClientMessage::Leave => "leave",
     }
 }

@@ -6,6 +6,7 @@
 //! down-track is attached to the publisher's forwarder and the client is told
 //! `subscribed`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -22,17 +23,26 @@ use webrtc::peer_connection::PeerConnection;
 use webrtc::rtp_transceiver::RtpSender;
 
 use super::Participant;
-use crate::ids::TrackId;
+use crate::ids::{ParticipantId, TrackId};
 use crate::media::downtrack::{self, DownTrackTasks};
 use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::room::messages::FindTrack;
+use crate::room::room::is_camera;
 use crate::signal::protocol::{ErrorCode, ServerMessage, TrackInfo, TrackKind};
+
+/// The most participants one client may pin.
+pub const MAX_PINNED: usize = 16;
 
 pub(super) struct Subscription {
     key: DownTrackKey,
     ssrc: u32,
     up: UpTrackHandle,
+    /// Who publishes the track, and whether it is a camera that last-N may pause.
+    publisher: ParticipantId,
+    camera: bool,
+    /// Not forwarded for now (last-N); applied to the down-track once it starts.
+    paused: bool,
     local: Arc<dyn TrackLocal>,
     sender: Option<Arc<dyn RtpSender>>,
     /// Carried by a server offer; then answered by the client.
@@ -121,12 +131,17 @@ impl Participant {
         let ssrc = rand::random::<u32>().max(1);
         let local: Arc<dyn TrackLocal> = Arc::new(local_track(&info, &up.codec, ssrc));
         let track_id = info.id.clone();
+        let camera = is_camera(&info);
+        let paused = self.held_back(camera, &info.participant_id);
         self.subscriptions.insert(
             track_id.clone(),
             Subscription {
                 key,
                 ssrc,
                 up,
+                publisher: info.participant_id.clone(),
+                camera,
+                paused,
                 local: local.clone(),
                 sender: None,
                 offered: false,
@@ -213,12 +228,62 @@ impl Participant {
             payload_type: negotiated.payload_type,
             sink: Box::new(sink),
         });
+        let paused = sub.paused;
+        if paused {
+            sub.up.send(UpTrackCommand::SetPaused {
+                key: sub.key,
+                paused,
+            });
+        }
         sub.tasks = Some(tasks);
         let track_id = negotiated.track_id;
         self.send(ServerMessage::Subscribed {
-            track_id,
+            track_id: track_id.clone(),
             mid: negotiated.mid,
         });
+        if paused {
+            self.send(ServerMessage::TrackPaused { track_id, paused });
+        }
+    }
+
+    /// Whether last-N holds back a track of `publisher` from this participant.
+    fn held_back(&self, camera: bool, publisher: &ParticipantId) -> bool {
+        let outside = |cameras: &Arc<BTreeSet<ParticipantId>>| !cameras.contains(publisher);
+        camera && self.cameras.as_ref().is_some_and(outside) && !self.pinned.contains(publisher)
+    }
+
+    /// Pauses and resumes subscriptions as the forwarded cameras and the pins say,
+    /// telling the client of each change to a running one.
+    pub(super) fn apply_forwarding(&mut self) {
+        let wanted: Vec<(TrackId, bool)> = self
+            .subscriptions
+            .iter()
+            .map(|(id, sub)| (id.clone(), self.held_back(sub.camera, &sub.publisher)))
+            .filter(|(id, paused)| self.subscriptions[id].paused != *paused)
+            .collect();
+        for (track_id, paused) in wanted {
+            let Some(sub) = self.subscriptions.get_mut(&track_id) else {
+                continue;
+            };
+            sub.paused = paused;
+            // One not started yet takes its state when it starts.
+            if sub.tasks.is_some() {
+                sub.up.send(UpTrackCommand::SetPaused {
+                    key: sub.key,
+                    paused,
+                });
+                self.send(ServerMessage::TrackPaused { track_id, paused });
+            }
+        }
+    }
+
+    pub(super) fn on_pin(&mut self, participant_ids: Vec<ParticipantId>) {
+        if participant_ids.len() > MAX_PINNED {
+            let message = format!("at most {MAX_PINNED} participants can be pinned");
+            return self.send_error(ErrorCode::BadJson, message, "pin");
+        }
+        self.pinned = participant_ids.into_iter().collect();
+        self.apply_forwarding();
     }
 
     /// Ends a subscription; `tell` says whether the client asked (and gets `unsubscribed`).

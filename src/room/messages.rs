@@ -1,5 +1,8 @@
 //! Messages between participants, rooms and the room registry.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
 use actix::{Addr, Message, Recipient};
 
 use crate::cluster::{Epoch, PlacementEvent, RoomSummary};
@@ -229,6 +232,12 @@ pub enum RoomEvent {
     Speakers {
         dominant: Option<ParticipantId>,
         speakers: Vec<ParticipantId>,
+    },
+    /// Whose camera video subscribers get: `None` for everyone's; otherwise only
+    /// these participants', besides what a subscriber pins (see
+    /// [`crate::media::last_n`]).
+    Forwarding {
+        cameras: Option<Arc<BTreeSet<ParticipantId>>>,
     },
     /// This participant must leave: the room closes or its identity joined again.
     Kick {

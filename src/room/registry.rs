@@ -11,12 +11,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::cascade::Cascade;
 use crate::cluster::{Placement, PlacementEvent, RoomSummary};
+use crate::config::RoomConfig;
 use crate::ids::RoomName;
 use crate::room::messages::*;
 use crate::room::room::{Room, RoomSettings};
@@ -35,8 +35,8 @@ pub struct RoomRegistry {
     releasing: HashSet<RoomName>,
     placement: Arc<dyn Placement>,
     cascade: Option<Arc<Cascade>>,
-    max_participants: usize,
-    empty_timeout: Duration,
+    /// Limits and policies every room opens with.
+    config: RoomConfig,
 }
 
 /// The release of a room finished; it may be opened again.
@@ -50,16 +50,14 @@ impl RoomRegistry {
     pub fn new(
         placement: Arc<dyn Placement>,
         cascade: Option<Arc<Cascade>>,
-        max_participants: usize,
-        empty_timeout: Duration,
+        config: RoomConfig,
     ) -> Self {
         Self {
             rooms: HashMap::new(),
             releasing: HashSet::new(),
             placement,
             cascade,
-            max_participants,
-            empty_timeout,
+            config,
         }
     }
 
@@ -72,8 +70,7 @@ impl RoomRegistry {
             registry,
             placement: self.placement.clone(),
             gate: self.placement.gate(),
-            max_participants: self.max_participants,
-            empty_timeout: self.empty_timeout,
+            config: self.config.clone(),
         }
     }
 }

@@ -11,7 +11,10 @@
 //! arrives over the cascade and lives in `peers` (see the `cascade` submodule).
 
 mod cascade;
+mod forwarding;
 mod speaking;
+
+pub(crate) use forwarding::is_camera;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicI64;
@@ -23,8 +26,10 @@ use tracing::{debug, info};
 
 use crate::cascade::Cascade;
 use crate::cluster::{Epoch, FenceGate, Placement, RoomSummary};
+use crate::config::RoomConfig;
 use crate::ids::{ParticipantId, RoomName, TrackId};
 use crate::media::forwarder::DownTrackKey;
+use crate::media::last_n::LastN;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::room::messages::*;
 use crate::room::registry::RoomRegistry;
@@ -54,8 +59,7 @@ pub struct RoomSettings {
     pub placement: Arc<dyn Placement>,
     /// Checked before every join: a fenced node admits nobody.
     pub gate: Arc<FenceGate>,
-    pub max_participants: usize,
-    pub empty_timeout: Duration,
+    pub config: RoomConfig,
 }
 
 pub struct Room {
@@ -87,6 +91,10 @@ pub struct Room {
     speakers: Option<Speakers>,
     /// What participants were last told of the speakers; a joiner is told too.
     speaking: speaking::Told,
+    /// Whose camera is forwarded in a large room.
+    last_n: LastN<ParticipantId>,
+    /// What participants were last told of it: `None` while every camera is.
+    forwarded: Option<BTreeSet<ParticipantId>>,
     closed: bool,
 }
 
@@ -106,8 +114,10 @@ impl Room {
             registry: settings.registry,
             placement: settings.placement,
             gate: settings.gate,
-            max_participants: settings.max_participants,
-            empty_timeout: settings.empty_timeout,
+            max_participants: settings.config.max_participants,
+            empty_timeout: settings.config.empty_timeout,
+            last_n: LastN::new(settings.config.last_n, settings.config.last_n_above),
+            forwarded: None,
             members: BTreeMap::new(),
             tracks: BTreeMap::new(),
             generation: 0,
@@ -134,6 +144,7 @@ impl Room {
         if self.closed {
             return;
         }
+        self.refresh_forwarding();
         self.shard_changed();
         if self.summary_pending {
             return;
@@ -314,6 +325,9 @@ impl Handler<Join> for Room {
         self.broadcast(RoomEvent::ParticipantJoined(msg.info.clone()), None);
         let id = msg.info.id.clone();
         if let Some(event) = self.speaking.event() {
+            msg.events.do_send(event);
+        }
+        if let Some(event) = self.forwarding_event() {
             msg.events.do_send(event);
         }
         self.members.insert(

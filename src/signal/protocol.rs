@@ -62,6 +62,11 @@ pub enum ClientMessage {
         #[serde(default)]
         id: u64,
     },
+    /// The participants whose cameras this client wants whatever last-N says (a
+    /// pinned or spotlighted tile); replaces the previous list, `[]` unpins all.
+    Pin {
+        participant_ids: Vec<ParticipantId>,
+    },
     Leave,
 }
 
@@ -136,6 +141,13 @@ pub enum ServerMessage {
     SpeakersChanged {
         dominant: Option<ParticipantId>,
         speakers: Vec<ParticipantId>,
+    },
+    /// The server stopped (`paused: true`) or resumed forwarding a subscribed
+    /// track, because of last-N in a large room. A resumed video starts again at a
+    /// keyframe.
+    TrackPaused {
+        track_id: TrackId,
+        paused: bool,
     },
 }
 
@@ -386,6 +398,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "unsubscribe",
     "mute",
     "ping",
+    "pin",
     "leave",
 ];
 
@@ -461,6 +474,9 @@ mod tests {
             ClientMessage::Leave,
             ClientMessage::Ping { id: 3 },
             ClientMessage::Offer { sdp: "v=0".into() },
+            ClientMessage::Pin {
+                participant_ids: Vec::new(),
+            },
         ];
         for msg in samples {
             let value = serde_json::to_value(&msg).unwrap();

@@ -143,6 +143,7 @@ export class Meeting {
       case 'track_unpublished': return this.onTrackUnpublished(msg.track_id, msg.participant_id);
       case 'track_muted': return this.onTrackMuted(msg.track_id, msg.muted);
       case 'speakers_changed': return this.onSpeakers(msg.dominant, msg.speakers);
+      case 'track_paused': return this.onTrackPaused(msg.track_id, msg.paused);
       case 'error':
         if (msg.code === 'permission_denied' && msg.request === 'publish_track') {
           this.notice = 'Your access token does not allow publishing: others cannot see or ' +
@@ -348,6 +349,14 @@ export class Meeting {
     this.participants.clear();
     this.speaker = null;
     this.speakers = [];
+  }
+
+  /** Last-N paused or resumed a received camera: its tile shows the avatar meanwhile. */
+  onTrackPaused(trackId, paused) {
+    for (const entry of this.remote.values()) {
+      if (entry.trackId === trackId) entry.paused = paused;
+    }
+    this.changed();
   }
 
   onSpeakers(dominant, speakers) {

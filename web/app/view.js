@@ -179,7 +179,7 @@ function tilesOf(meeting) {
     const cameraInfo = camera && p.tracks.get(camera.trackId);
     tiles.push({
       key: p.id, participantId: p.id, name,
-      video: camera && !cameraInfo?.muted ? camera.track : null,
+      video: camera && !cameraInfo?.muted && !camera.paused ? camera.track : null,
       micOff: !mic || mic.muted, speaking: meeting.speaker === p.id,
     });
     for (const share of mine.filter((r) => sourceOf(r) === 'screen_share')) {

@@ -257,6 +257,7 @@ impl Room {
         for track in shard.tracks.into_values() {
             self.stop_import(peer, &track, tell_locals);
         }
+        self.refresh_forwarding();
     }
 
     fn stop_import(&self, peer: &str, track: &Imported, tell_locals: bool) {
@@ -292,6 +293,12 @@ impl Room {
     }
 
     pub(super) fn on_control(&mut self, peer: &str, message: Control, ctx: &mut Context<Self>) {
+        self.follow_control(peer, message, ctx);
+        // A shard's news may change who is in the room and whose camera it has.
+        self.refresh_forwarding();
+    }
+
+    fn follow_control(&mut self, peer: &str, message: Control, ctx: &mut Context<Self>) {
         match message {
             Control::Shard {
                 epoch,

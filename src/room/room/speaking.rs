@@ -86,6 +86,8 @@ impl Handler<SpeakersChanged> for Room {
             return;
         }
         self.broadcast(told.to_event(), None);
+        self.last_n.spoke(&told.speakers);
         self.speaking = told;
+        self.refresh_forwarding();
     }
 }
