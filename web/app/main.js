@@ -41,6 +41,11 @@ function start() {
   $('toggle-screen').addEventListener('click', () => shareScreen());
   $('toggle-devices').addEventListener('click', () => toggleDevices());
   $('copy-link').addEventListener('click', () => copyLink());
+  // Clicking someone's tile pins their camera, clicking again unpins it.
+  $('stage').addEventListener('click', (e) => {
+    const tile = e.target.closest('.tile');
+    if (tile && !tile.classList.contains('local')) meeting?.togglePin(tile.dataset.participant);
+  });
   $('notice').addEventListener('click', () => {
     if (meeting) meeting.notice = null;
     $('notice').hidden = true;

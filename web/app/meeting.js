@@ -73,6 +73,8 @@ export class Meeting {
     /** The dominant speaker and everyone speaking now, as the server hears them. */
     this.speaker = null;
     this.speakers = [];
+    /** Participants whose cameras we want even when last-N holds them back. */
+    this.pinned = new Set();
 
     this.timers = { retry: null, stats: null, disconnected: null };
     this.sampler = new StatsSampler();
@@ -166,6 +168,24 @@ export class Meeting {
     for (const pub of Object.values(this.publications)) {
       if (pub) this.publish(pub);
     }
+    // Pins of participants who are still here carry over a reconnection.
+    for (const id of this.pinned) {
+      if (!this.participants.has(id)) this.pinned.delete(id);
+    }
+    if (this.pinned.size > 0) this.sendPins();
+  }
+
+  /** Pins or unpins someone's camera: a pinned camera is never held back by last-N. */
+  togglePin(participantId) {
+    if (!this.participants.has(participantId)) return;
+    if (this.pinned.has(participantId)) this.pinned.delete(participantId);
+    else this.pinned.add(participantId);
+    this.sendPins();
+    this.changed();
+  }
+
+  sendPins() {
+    this.conn?.send({ type: 'pin', participant_ids: [...this.pinned] });
   }
 
   publish(pub) {
@@ -471,6 +491,7 @@ export class Meeting {
         frameWidth: r.stats?.frameWidth ?? 0,
         packetsReceived: r.stats?.packetsReceived ?? 0,
         bytesReceived: r.stats?.bytesReceived ?? 0,
+        paused: Boolean(r.paused),
       }));
     return deepFreeze({
       state: this.state,
@@ -481,6 +502,7 @@ export class Meeting {
       reconnects: this.reconnects,
       speaker: this.speaker,
       speakers: this.speakers,
+      pinned: [...this.pinned],
       error: this.error,
     });
   }

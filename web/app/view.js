@@ -181,6 +181,7 @@ function tilesOf(meeting) {
       key: p.id, participantId: p.id, name,
       video: camera && !cameraInfo?.muted && !camera.paused ? camera.track : null,
       micOff: !mic || mic.muted, speaking: meeting.speaker === p.id,
+      pinned: meeting.pinned.has(p.id),
     });
     for (const share of mine.filter((r) => sourceOf(r) === 'screen_share')) {
       tiles.push({ key: `${p.id}:${share.trackId}`, participantId: p.id,
@@ -213,6 +214,7 @@ function updateTile(el, tile) {
   el.classList.toggle('local', Boolean(tile.local));
   el.classList.toggle('screen', Boolean(tile.screen));
   el.classList.toggle('speaking', Boolean(tile.speaking));
+  el.classList.toggle('pinned', Boolean(tile.pinned));
   el.classList.toggle('no-video', !tile.video);
   el.classList.toggle('muted', Boolean(tile.micOff) && !tile.screen);
   el.querySelector('.name').textContent = tile.name;
