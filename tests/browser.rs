@@ -12,6 +12,7 @@ mod page;
 #[path = "browser/webdriver.rs"]
 mod webdriver;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -86,13 +87,24 @@ fn meeting_of_two(room: &str) -> (Node, ChromeDriver, Vec<Page>, String) {
 }
 
 fn join_all(driver: &ChromeDriver, base: &str, room: &str, names: &[&str]) -> Vec<Page> {
+    join_all_with(driver, base, room, names, &[])
+}
+
+/// As [`join_all`], with more command-line flags for every browser.
+fn join_all_with(
+    driver: &ChromeDriver,
+    base: &str,
+    room: &str,
+    names: &[&str],
+    extra: &[String],
+) -> Vec<Page> {
     std::thread::scope(|scope| {
         let opening: Vec<_> = names
             .iter()
             .enumerate()
             .map(|(i, name)| {
                 let size = if i == 0 { (1280, 800) } else { (800, 600) };
-                scope.spawn(move || Page::join(driver, base, room, name, size))
+                scope.spawn(move || Page::join_with(driver, base, room, name, size, extra))
             })
             .collect();
         opening
@@ -316,15 +328,15 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// Writes a file under `target/artifacts/`.
-/// Writes a WAV file of a steady 440 Hz tone at about -10 dBov, for a fake
-/// microphone that speaks all the time (Chromium loops the file).
-fn tone_wav(dir: &std::path::Path) -> PathBuf {
+/// Writes a WAV file of a steady 440 Hz tone at `amplitude` (0.3 is about
+/// -10 dBov, 0 is silence), for a fake microphone that speaks all the time or
+/// never (Chromium loops the file).
+fn tone_wav(dir: &std::path::Path, amplitude: f64) -> PathBuf {
     const RATE: u32 = 48_000;
     let samples: Vec<i16> = (0..RATE)
         .map(|n| {
             let phase = 2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / f64::from(RATE);
-            (phase.sin() * 0.3 * f64::from(i16::MAX)) as i16
+            (phase.sin() * amplitude * f64::from(i16::MAX)) as i16
         })
         .collect();
     let data_len = (samples.len() * 2) as u32;
@@ -344,7 +356,7 @@ fn tone_wav(dir: &std::path::Path) -> PathBuf {
     for sample in samples {
         wav.extend_from_slice(&sample.to_le_bytes());
     }
-    let path = dir.join("tone.wav");
+    let path = dir.join(format!("tone-{amplitude}.wav"));
     std::fs::write(&path, wav).expect("write the tone");
     path
 }
@@ -370,16 +382,13 @@ fn the_speaker_highlight_follows_whoever_talks() {
     let node = start_node();
     let driver = ChromeDriver::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let tone = tone_wav(dir.path());
+    let tone = tone_wav(dir.path(), 0.3);
     let flags = [format!(
         "--use-file-for-fake-audio-capture={}",
         tone.display()
     )];
-    let base = base_url(&node);
-    let pages: Vec<Page> = ["Ada Lovelace", "Grace Hopper"]
-        .iter()
-        .map(|name| Page::join_with(&driver, &base, "talk", name, (800, 600), &flags))
-        .collect();
+    let names = ["Ada Lovelace", "Grace Hopper"];
+    let pages = join_all_with(&driver, &base_url(&node), "talk", &names, &flags);
     let ada = pages[0].wait_joined(secs(30));
     let grace = pages[1].wait_joined(secs(30));
     let both = [&pages[0], &pages[1]];
@@ -395,6 +404,103 @@ fn the_speaker_highlight_follows_whoever_talks() {
     wait_highlighted(&both, &grace);
 }
 
+/// Whose video a page decoded more frames of between two of its statuses.
+fn decoding(before: &page::Status, after: &page::Status) -> BTreeSet<String> {
+    let video = after.remote.iter().filter(|r| r.kind == "video");
+    video
+        .filter(|r| {
+            let earlier = before.remote.iter().find(|b| b.track_id == r.track_id);
+            r.frames_decoded > earlier.map_or(0, |b| b.frames_decoded)
+        })
+        .filter_map(|r| r.participant_id.clone())
+        .collect()
+}
+
+/// Whose video each page decodes over a few seconds.
+fn decoding_over_a_while(pages: &[&Page]) -> Vec<BTreeSet<String>> {
+    let before: Vec<page::Status> = pages.iter().map(|p| p.status()).collect();
+    // A window to count frames in, three of the pages' statistics refreshes.
+    std::thread::sleep(secs(3));
+    let after = pages.iter().map(|p| p.status());
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| decoding(b, &a))
+        .collect()
+}
+
+#[test]
+fn six_participants_with_last_n_two_see_two_cameras_and_a_pinned_one() {
+    let _turn = serial();
+    let node = Node::start_with(&format!("{DEV_MODE}[room]\nlast_n = 2\nlast_n_above = 5\n"));
+    favour_nodes();
+    let driver = ChromeDriver::start();
+    // Silent microphones: nobody speaks, so the first two cameras stay forwarded.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let silence = tone_wav(dir.path(), 0.0);
+    let flags = [format!(
+        "--use-file-for-fake-audio-capture={}",
+        silence.display()
+    )];
+    let names = ["Ada", "Grace", "Alan", "Katherine", "Edsger", "Barbara"];
+    let pages = join_all_with(&driver, &base_url(&node), "six", &names, &flags);
+    let ids: Vec<String> = pages.iter().map(|p| p.wait_joined(secs(30))).collect();
+    let all: Vec<&Page> = pages.iter().collect();
+    // Every page has subscribed to the five cameras and been told which are paused.
+    wait(&all, "last-N on every page", secs(60), |statuses| {
+        let settled = |s: &page::Status| {
+            let videos: Vec<_> = s.remote.iter().filter(|r| r.kind == "video").collect();
+            let running = videos.iter().filter(|r| !r.paused).count();
+            videos.len() == 5 && (1..=2).contains(&running)
+        };
+        statuses.iter().all(settled).then_some(())
+    });
+
+    // The first two cameras are everyone's; each page decodes those not its own.
+    let seen = decoding_over_a_while(&all);
+    let forwarded: BTreeSet<String> = seen.iter().flatten().cloned().collect();
+    assert_eq!(forwarded.len(), 2, "two cameras in all: {seen:?}");
+    for ((page, id), decoded) in pages.iter().zip(&ids).zip(&seen) {
+        let expected: BTreeSet<String> = forwarded.iter().filter(|f| *f != id).cloned().collect();
+        assert_eq!(
+            decoded, &expected,
+            "[{}] decodes the forwarded cameras",
+            page.name
+        );
+    }
+
+    // A page outside the two pins a third participant's tile: it gets that camera too.
+    let viewer = ids
+        .iter()
+        .position(|id| !forwarded.contains(id))
+        .expect("a viewer");
+    let pinned = ids
+        .iter()
+        .enumerate()
+        .find(|(i, id)| *i != viewer && !forwarded.contains(*id))
+        .map(|(_, id)| id.clone())
+        .expect("a third participant");
+    let page = &pages[viewer];
+    page.browser
+        .click(&format!("#stage .tile[data-participant=\"{pinned}\"]"));
+    wait(&[page], "the pinned camera resumed", secs(20), |s| {
+        let video = s[0]
+            .remote
+            .iter()
+            .find(|r| r.kind == "video" && r.participant_id.as_deref() == Some(pinned.as_str()));
+        video.filter(|r| !r.paused).map(|_| ())
+    });
+    let seen = decoding_over_a_while(&[page]);
+    let mut expected = forwarded.clone();
+    expected.insert(pinned);
+    assert_eq!(
+        seen[0], expected,
+        "[{}] the two and the pinned one",
+        page.name
+    );
+}
+
+/// Writes a file under `target/artifacts/`.
 fn save_artifact(name: &str, bytes: &[u8]) {
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let dir = target.parent().expect("target dir").join("artifacts");

@@ -43,6 +43,9 @@ pub struct Remote {
     pub frames_decoded: u64,
     pub frame_width: u64,
     pub packets_received: u64,
+    /// Held back by last-N, as the server said.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A tile as drawn.
