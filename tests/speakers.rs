@@ -1,6 +1,7 @@
 //! Active speakers: the node reads the audio level every publisher sends (RFC 6464)
 //! and tells the room who speaks, on one node and across a cascade link; in a large
-//! room, only the cameras of the most recent speakers are forwarded (last-N).
+//! room, only the cameras of the most recent speakers are forwarded (last-N); and a
+//! subscriber is sent no video it says it does not show.
 
 mod common;
 
@@ -14,7 +15,7 @@ use common::{packet, publish, send_packets, wait_for, Node};
 use relais::client::{Client, ClientEvent, LocalTrack};
 use relais::ids::{ParticipantId, TrackId};
 use relais::media::speaker::SILENT_DBOV;
-use relais::signal::protocol::{ClientMessage, ServerMessage, TrackKind, TrackSource};
+use relais::signal::protocol::{ClientMessage, ErrorCode, ServerMessage, TrackKind, TrackSource};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -207,11 +208,16 @@ impl Seen {
         self.packets.get(&key).copied().unwrap_or(0)
     }
 
-    fn camera_paused(&self, who: &ParticipantId) -> Option<bool> {
+    fn track_of(&self, who: &ParticipantId, kind: TrackKind) -> Option<&TrackId> {
         let (id, _) = self
             .tracks
             .iter()
-            .find(|(_, owner)| **owner == (who.clone(), TrackKind::Video))?;
+            .find(|(_, owner)| **owner == (who.clone(), kind))?;
+        Some(id)
+    }
+
+    fn camera_paused(&self, who: &ParticipantId) -> Option<bool> {
+        let id = self.track_of(who, TrackKind::Video)?;
         self.paused.get(id).copied()
     }
 }
@@ -319,5 +325,78 @@ async fn a_large_room_forwards_the_cameras_of_recent_speakers_and_pinned_ones() 
 
     alice_camera.abort();
     bob_camera.abort();
+    drop((alice_voice, alice));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_video_is_not_sent_and_returns_when_shown() {
+    let node = Node::start();
+    let (alice, alice_id, _) = joined_id(&node, "gallery", "alice").await;
+    let (mut bob, _, _) = joined_id(&node, "gallery", "bob").await;
+    let mut seen = Seen::default();
+    let alice_camera = camera(&alice).await;
+    let alice_voice = Voice::start(publish(&alice, "mic", TrackKind::Audio).await);
+    watch(&mut bob, &mut seen, "alice's video and audio", |s| {
+        s.received(&alice_id, TrackKind::Video) > 0 && s.received(&alice_id, TrackKind::Audio) > 0
+    })
+    .await;
+    let video = seen.track_of(&alice_id, TrackKind::Video).cloned();
+    let audio = seen.track_of(&alice_id, TrackKind::Audio).cloned();
+
+    // Bob scrolls Alice's tile away; hiding her audio means nothing.
+    let hide = |track_ids: Vec<TrackId>| ClientMessage::Hide { track_ids };
+    let both = vec![video.clone().expect("video"), audio.expect("audio")];
+    bob.send(hide(both)).expect("send hide");
+    watch(&mut bob, &mut seen, "alice's camera paused", |s| {
+        s.camera_paused(&alice_id) == Some(true)
+    })
+    .await;
+    // What was in flight when the pause took effect lands first.
+    count_for(&mut bob, &mut seen, Duration::from_millis(300)).await;
+    count_for(&mut bob, &mut seen, Duration::from_secs(1)).await;
+    assert_eq!(
+        seen.received(&alice_id, TrackKind::Video),
+        0,
+        "hidden video"
+    );
+    assert!(
+        seen.received(&alice_id, TrackKind::Audio) > 0,
+        "audio is never hidden"
+    );
+
+    // Too long a list is refused and the previous one stands.
+    let many = (0..300).map(|_| video.clone().expect("video")).collect();
+    bob.send(hide(many)).expect("send a long hide");
+    let refused = bob
+        .wait_for(
+            Duration::from_secs(5),
+            "the long list refused",
+            |e| match e {
+                ClientEvent::Server(ServerMessage::Error(body)) => Some(body.code),
+                _ => None,
+            },
+        )
+        .await
+        .expect("an error");
+    assert_eq!(refused, ErrorCode::BadJson);
+    count_for(&mut bob, &mut seen, Duration::from_millis(500)).await;
+    assert_eq!(
+        seen.received(&alice_id, TrackKind::Video),
+        0,
+        "still hidden"
+    );
+
+    // Shown again: forwarding resumes.
+    bob.send(hide(Vec::new())).expect("send hide");
+    watch(&mut bob, &mut seen, "alice's camera resumed", |s| {
+        s.camera_paused(&alice_id) == Some(false)
+    })
+    .await;
+    watch(&mut bob, &mut seen, "alice's video again", |s| {
+        s.received(&alice_id, TrackKind::Video) > 0
+    })
+    .await;
+
+    alice_camera.abort();
     drop((alice_voice, alice));
 }

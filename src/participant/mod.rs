@@ -80,6 +80,8 @@ pub struct Participant {
     cameras: Option<Arc<BTreeSet<ParticipantId>>>,
     /// Whose cameras the client wants whatever last-N says.
     pinned: BTreeSet<ParticipantId>,
+    /// Video tracks the client does not show now: never forwarded to it.
+    hidden: BTreeSet<crate::ids::TrackId>,
     /// DTLS is up: packets written now reach the client instead of being refused.
     media_connected: bool,
     left: bool,
@@ -114,6 +116,7 @@ impl Participant {
             subscriptions: HashMap::new(),
             cameras: None,
             pinned: BTreeSet::new(),
+            hidden: BTreeSet::new(),
             media_connected: false,
             left: false,
             join_started: None,
@@ -326,6 +329,7 @@ impl Participant {
             ClientMessage::Mute { track_id, muted } => self.on_mute(track_id, muted, ctx),
             ClientMessage::Ping { id } => self.send(ServerMessage::Pong { id }),
             ClientMessage::Pin { participant_ids } => self.on_pin(participant_ids),
+            ClientMessage::Hide { track_ids } => self.on_hide(track_ids),
             ClientMessage::Leave => {
                 self.outbox.close(CloseCode::Normal, "left");
                 self.leave(LeaveReason::ClientLeave, ctx);
@@ -422,6 +426,7 @@ fn kind_of(msg: &ClientMessage) -> &'static str {
         ClientMessage::Mute { .. } => "mute",
         ClientMessage::Ping { .. } => "ping",
         ClientMessage::Pin { .. } => "pin",
+        ClientMessage::Hide { .. } => "hide",
         ClientMessage::Leave => "leave",
     }
 }

@@ -34,14 +34,20 @@ use crate::signal::protocol::{ErrorCode, ServerMessage, TrackInfo, TrackKind};
 /// The most participants one client may pin.
 pub const MAX_PINNED: usize = 16;
 
+/// The most tracks one client may hide at once.
+pub const MAX_HIDDEN: usize = 256;
+
 pub(super) struct Subscription {
     key: DownTrackKey,
     ssrc: u32,
     up: UpTrackHandle,
-    /// Who publishes the track, and whether it is a camera that last-N may pause.
+    /// Who publishes the track, whether it is video the client may hide, and whether
+    /// it is a camera that last-N may pause.
     publisher: ParticipantId,
+    video: bool,
     camera: bool,
-    /// Not forwarded for now (last-N); applied to the down-track once it starts.
+    /// Not forwarded for now (hidden, or last-N); applied to the down-track once it
+    /// starts.
     paused: bool,
     local: Arc<dyn TrackLocal>,
     sender: Option<Arc<dyn RtpSender>>,
@@ -131,24 +137,22 @@ impl Participant {
         let ssrc = rand::random::<u32>().max(1);
         let local: Arc<dyn TrackLocal> = Arc::new(local_track(&info, &up.codec, ssrc));
         let track_id = info.id.clone();
-        let camera = is_camera(&info);
-        let paused = self.held_back(camera, &info.participant_id);
-        self.subscriptions.insert(
-            track_id.clone(),
-            Subscription {
-                key,
-                ssrc,
-                up,
-                publisher: info.participant_id.clone(),
-                camera,
-                paused,
-                local: local.clone(),
-                sender: None,
-                offered: false,
-                answered: false,
-                tasks: None,
-            },
-        );
+        let mut sub = Subscription {
+            key,
+            ssrc,
+            up,
+            publisher: info.participant_id.clone(),
+            video: info.kind == TrackKind::Video,
+            camera: is_camera(&info),
+            paused: false,
+            local: local.clone(),
+            sender: None,
+            offered: false,
+            answered: false,
+            tasks: None,
+        };
+        sub.paused = self.held_back(&track_id, &sub);
+        self.subscriptions.insert(track_id.clone(), sub);
 
         // Always a new transceiver: `add_track` would reuse the receive-only one of a
         // track the client publishes, where the client never receives. Send-receive,
@@ -246,19 +250,25 @@ impl Participant {
         }
     }
 
-    /// Whether last-N holds back a track of `publisher` from this participant.
-    fn held_back(&self, camera: bool, publisher: &ParticipantId) -> bool {
+    /// Whether this participant is not sent `track_id` for now: it hides that video,
+    /// or last-N holds back the publisher's camera and the participant did not pin it.
+    fn held_back(&self, track_id: &TrackId, sub: &Subscription) -> bool {
+        let hidden = sub.video && self.hidden.contains(track_id);
+        let publisher = &sub.publisher;
         let outside = |cameras: &Arc<BTreeSet<ParticipantId>>| !cameras.contains(publisher);
-        camera && self.cameras.as_ref().is_some_and(outside) && !self.pinned.contains(publisher)
+        let last_n = sub.camera
+            && self.cameras.as_ref().is_some_and(outside)
+            && !self.pinned.contains(publisher);
+        hidden || last_n
     }
 
-    /// Pauses and resumes subscriptions as the forwarded cameras and the pins say,
-    /// telling the client of each change to a running one.
+    /// Pauses and resumes subscriptions as what the client hides, the forwarded
+    /// cameras and the pins say, telling the client of each change to a running one.
     pub(super) fn apply_forwarding(&mut self) {
         let wanted: Vec<(TrackId, bool)> = self
             .subscriptions
             .iter()
-            .map(|(id, sub)| (id.clone(), self.held_back(sub.camera, &sub.publisher)))
+            .map(|(id, sub)| (id.clone(), self.held_back(id, sub)))
             .filter(|(id, paused)| self.subscriptions[id].paused != *paused)
             .collect();
         for (track_id, paused) in wanted {
@@ -283,6 +293,15 @@ impl Participant {
             return self.send_error(ErrorCode::BadJson, message, "pin");
         }
         self.pinned = participant_ids.into_iter().collect();
+        self.apply_forwarding();
+    }
+
+    pub(super) fn on_hide(&mut self, track_ids: Vec<TrackId>) {
+        if track_ids.len() > MAX_HIDDEN {
+            let message = format!("at most {MAX_HIDDEN} tracks can be hidden");
+            return self.send_error(ErrorCode::BadJson, message, "hide");
+        }
+        self.hidden = track_ids.into_iter().collect();
         self.apply_forwarding();
     }
 

@@ -67,6 +67,11 @@ pub enum ClientMessage {
     Pin {
         participant_ids: Vec<ParticipantId>,
     },
+    /// The video tracks the client does not show now (a tile scrolled away, a
+    /// minimised window); replaces the previous list, `[]` shows all again.
+    Hide {
+        track_ids: Vec<TrackId>,
+    },
     Leave,
 }
 
@@ -399,6 +404,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "mute",
     "ping",
     "pin",
+    "hide",
     "leave",
 ];
 
@@ -476,6 +482,9 @@ mod tests {
             ClientMessage::Offer { sdp: "v=0".into() },
             ClientMessage::Pin {
                 participant_ids: Vec::new(),
+            },
+            ClientMessage::Hide {
+                track_ids: Vec::new(),
             },
         ];
         for msg in samples {
