@@ -67,9 +67,6 @@ fn base_url(node: &Node) -> String {
     format!("http://{}", node.addr)
 }
 
-/// Opens one browser per name, all at once, each joining `room` through the form.
-/// The first gets a desktop-sized window for screenshots; the others smaller ones,
-/// which cost less to paint.
 /// Ada and Grace in `room`, joined, with media flowing both ways; returns Ada's id.
 fn meeting_of_two(room: &str) -> (Node, ChromeDriver, Vec<Page>, String) {
     let node = start_node();
@@ -86,6 +83,9 @@ fn meeting_of_two(room: &str) -> (Node, ChromeDriver, Vec<Page>, String) {
     (node, driver, pages, ada_id)
 }
 
+/// Opens one browser per name, all at once, each joining `room` through the form.
+/// The first gets a desktop-sized window for screenshots; the others smaller ones,
+/// which cost less to paint.
 fn join_all(driver: &ChromeDriver, base: &str, room: &str, names: &[&str]) -> Vec<Page> {
     join_all_with(driver, base, room, names, &[])
 }
@@ -501,6 +501,68 @@ fn six_participants_with_last_n_two_see_two_cameras_and_a_pinned_one() {
 }
 
 /// Writes a file under `target/artifacts/`.
+/// Makes the page believe it went to the background (or came back), as a switch of
+/// tabs or a minimised window does.
+fn set_out_of_sight(page: &Page, hidden: bool) {
+    const SCRIPT: &str = "const hidden = arguments[0];
+        Object.defineProperty(document, 'hidden', { value: hidden, configurable: true });
+        Object.defineProperty(document, 'visibilityState',
+            { value: hidden ? 'hidden' : 'visible', configurable: true });
+        document.dispatchEvent(new Event('visibilitychange'));";
+    page.browser.execute(SCRIPT, serde_json::json!([hidden]));
+}
+
+/// Whether the page shows the video it receives from `who` as paused by the server.
+fn video_paused(status: &page::Status, who: &str) -> Option<bool> {
+    let video = status
+        .remote
+        .iter()
+        .find(|r| r.kind == "video" && r.participant_id.as_deref() == Some(who));
+    video.map(|r| r.paused)
+}
+
+#[test]
+fn a_page_out_of_sight_receives_no_video_until_it_is_seen_again() {
+    let _turn = serial();
+    let (_node, _driver, pages, ada_id) = meeting_of_two("away");
+    let grace = &pages[1];
+
+    set_out_of_sight(grace, true);
+    wait(&[grace], "ada's camera paused", secs(20), |s| {
+        (video_paused(&s[0], &ada_id) == Some(true)).then_some(())
+    });
+    // The statistics lag by up to a refresh: frames decoded before the pause show
+    // in the first window. Then none.
+    let deadline = std::time::Instant::now() + secs(15);
+    while !decoding_over_a_while(&[grace])[0].is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "video still decoded out of sight"
+        );
+    }
+    // Audio keeps coming: the meeting is still heard.
+    wait_audio_flows(grace);
+
+    set_out_of_sight(grace, false);
+    wait(&[grace], "ada's camera resumed", secs(20), |s| {
+        (video_paused(&s[0], &ada_id) == Some(false)).then_some(())
+    });
+    let seen = decoding_over_a_while(&[grace]);
+    assert_eq!(seen[0], BTreeSet::from([ada_id]), "video again");
+}
+
+/// Waits until the page has received more audio packets than it had.
+fn wait_audio_flows(page: &Page) {
+    let audio = |s: &page::Status| -> u64 {
+        let received = s.remote.iter().filter(|r| r.kind == "audio");
+        received.map(|r| r.packets_received).sum()
+    };
+    let before = audio(&page.status());
+    wait(&[page], "audio flowing", secs(20), |s| {
+        (audio(&s[0]) > before).then_some(())
+    });
+}
+
 fn save_artifact(name: &str, bytes: &[u8]) {
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let dir = target.parent().expect("target dir").join("artifacts");

@@ -46,6 +46,8 @@ function start() {
     const tile = e.target.closest('.tile');
     if (tile && !tile.classList.contains('local')) meeting?.togglePin(tile.dataset.participant);
   });
+  // A page nobody sees receives no video: a background tab costs the network nothing.
+  document.addEventListener('visibilitychange', () => meeting?.setOutOfSight(document.hidden));
   $('notice').addEventListener('click', () => {
     if (meeting) meeting.notice = null;
     $('notice').hidden = true;
@@ -76,6 +78,7 @@ function join() {
     room, name, identity: identity(), token: urlToken, onChange: () => changed(current),
   });
   meeting = current;
+  current.outOfSight = document.hidden;
   view.show('meeting');
   current.join();
   return undefined;

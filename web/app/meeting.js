@@ -75,6 +75,10 @@ export class Meeting {
     this.speakers = [];
     /** Participants whose cameras we want even when last-N holds them back. */
     this.pinned = new Set();
+    /** The page is out of sight (a background tab, a minimised window): no video wanted. */
+    this.outOfSight = false;
+    /** The track ids last sent in `hide`, sorted and joined, as the server holds them. */
+    this.hiddenSent = '';
 
     this.timers = { retry: null, stats: null, disconnected: null };
     this.sampler = new StatsSampler();
@@ -164,6 +168,8 @@ export class Meeting {
     this.freshTokenTried = false;
     this.participantId = msg.participant.id;
     this.participants.clear();
+    // A new session hides nothing until told; `changed` tells it again.
+    this.hiddenSent = '';
     for (const p of msg.participants) this.addParticipant(p);
     for (const pub of Object.values(this.publications)) {
       if (pub) this.publish(pub);
@@ -371,7 +377,7 @@ export class Meeting {
     this.speakers = [];
   }
 
-  /** Last-N paused or resumed a received camera: its tile shows the avatar meanwhile. */
+  /** Last-N or `hide` paused or resumed a received video: its tile shows the avatar meanwhile. */
   onTrackPaused(trackId, paused) {
     for (const entry of this.remote.values()) {
       if (entry.trackId === trackId) entry.paused = paused;
@@ -467,7 +473,30 @@ export class Meeting {
   }
 
   changed() {
+    this.syncHidden();
     this.onChange();
+  }
+
+  /** The page went out of sight or came back. */
+  setOutOfSight(hidden) {
+    this.outOfSight = hidden;
+    this.changed();
+  }
+
+  /** Tells the server which video not to send: all of it while nobody sees the page. */
+  syncHidden() {
+    if (this.state !== 'joined') return;
+    const ids = [];
+    if (this.outOfSight) {
+      for (const p of this.participants.values()) {
+        for (const [id, info] of p.tracks) if (info.kind === 'video') ids.push(id);
+      }
+    }
+    // The server takes at most 256.
+    const key = ids.sort().slice(0, 256).join(' ');
+    if (key === this.hiddenSent) return;
+    this.hiddenSent = key;
+    this.conn?.send({ type: 'hide', track_ids: key ? key.split(' ') : [] });
   }
 
   /** A read-only snapshot for tests and integrators. */
