@@ -362,6 +362,7 @@ async fn a_load_run_spread_over_three_nodes_delivers_every_packet() {
         fps: 20,
         keyframe_interval: Duration::from_secs(1),
         audio: true,
+        speakers: None,
         duration: Duration::from_secs(3),
         ramp_per_second: 20.0,
         server_pids: nodes.iter().map(Node::pid).collect(),

@@ -26,6 +26,7 @@ fn config(url: String) -> LoadConfig {
         fps: 30,
         keyframe_interval: Duration::from_secs(1),
         audio: true,
+        speakers: None,
         duration: Duration::from_secs(3),
         ramp_per_second: 20.0,
         server_pids: Vec::new(),
@@ -117,6 +118,42 @@ async fn a_known_share_of_lost_packets_is_reported_as_loss() {
         let share = sub.lost_packets as f64 / (received + sub.lost_packets) as f64;
         assert!((0.08..=0.12).contains(&share), "{sub:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_large_room_last_n_holds_cameras_back_and_nothing_counts_as_lost() {
+    // Rooms of more than two forward one camera: the latest speaker's.
+    let node = Node::start_with("[room]\nlast_n = 1\nlast_n_above = 2\n");
+    let mut large = config(node.url());
+    large.room_prefix = "load-large".into();
+    (large.publishers, large.subscribers, large.speakers) = (4, 0, Some(2));
+    large.duration = Duration::from_secs(5);
+    let summary = run_scenario(large).await.expect("the run starts");
+    eprintln!("{}", summary.table());
+
+    assert_eq!((summary.joined, summary.failed), (4, 0));
+    assert_eq!(
+        summary.missing_media, 0,
+        "held-back cameras are not missing"
+    );
+    // Seats 0 and 1 speak in turns; the cameras of 2 and 3 are never forwarded,
+    // where without last-N everyone would see three.
+    for session in &summary.sessions {
+        assert!(session.publishers_heard <= 2, "{session:?}");
+        assert!(session.audio_packets > 0, "{session:?}");
+    }
+    let silent = summary
+        .sessions
+        .iter()
+        .filter(|s| s.identity.ends_with("-2") || s.identity.ends_with("-3"));
+    for session in silent {
+        assert_eq!(
+            session.publishers_heard, 2,
+            "both speakers' cameras: {session:?}"
+        );
+    }
+    // The forwarded camera changed hands; what was held back is not loss.
+    assert_eq!(summary.lost_packets, 0, "{:#?}", summary.sessions);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

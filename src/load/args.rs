@@ -61,6 +61,11 @@ pub struct LoadArgs {
     /// Publishers send video only.
     #[arg(long, overrides_with = "audio")]
     pub no_audio: bool,
+    /// Only the first K publishers of each room send audio, speaking in turns of 2 s
+    /// (with audio levels, so that the node's speaker detection and last-N follow),
+    /// as in a large meeting where everyone else is muted.
+    #[arg(long, value_name = "K")]
+    pub speakers: Option<usize>,
     /// Seconds to measure, once every participant has joined and receives media.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub duration: f64,
@@ -107,6 +112,7 @@ impl LoadArgs {
             fps: self.fps,
             keyframe_interval: seconds("--keyframe-interval", self.keyframe_interval)?,
             audio: !self.no_audio,
+            speakers: self.speakers,
             duration: seconds("--duration", self.duration)?,
             ramp_per_second: self.ramp,
             server_pids: self.server_pids,

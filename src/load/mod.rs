@@ -86,6 +86,10 @@ pub struct LoadConfig {
     pub keyframe_interval: Duration,
     /// Publishers also send audio.
     pub audio: bool,
+    /// Only the first this many publishers of each room send audio, taking turns to
+    /// speak (an audio level, RFC 6464, says who), as in a large meeting where the
+    /// others are muted; `None`: every publisher sends audio, with no level.
+    pub speakers: Option<usize>,
     /// Length of the steady window, after the ramp.
     pub duration: Duration,
     /// Participants started per second.

@@ -26,6 +26,7 @@ use super::since_epoch;
 use super::source::{AudioSource, VideoShape, VideoSource, AUDIO_PACKET_INTERVAL};
 use super::Target;
 use crate::client::{ClientEvent, LocalTrack};
+use crate::media::speaker::SILENT_DBOV;
 use crate::signal::protocol::ServerMessage;
 
 /// Longest wait from opening the socket to `joined`.
@@ -50,6 +51,9 @@ pub struct Shared {
     pub bind_ip: IpAddr,
     pub video: VideoShape,
     pub audio: bool,
+    /// Only the first this many publishers of a room send audio, and they speak in
+    /// turns; `None`: every publisher sends audio, with no level.
+    pub speakers: Option<usize>,
     /// Fault injection: publishers leave out every n-th media packet (see [`Link`]).
     pub drop_every_nth_sent: Option<u64>,
     pub target: Target,
@@ -62,7 +66,36 @@ pub struct Shared {
 struct Outgoing {
     video: (LocalTrack, VideoSource),
     audio: Option<(LocalTrack, AudioSource)>,
+    /// Whose turn it is to speak, when publishers take turns.
+    voice: Option<Voice>,
     link: Link,
+}
+
+/// A publisher's place in a room where a few speak in turns: each speaks for
+/// [`SPEAKING_TURN`], then is silent while the others speak.
+#[derive(Debug, Clone, Copy)]
+struct Voice {
+    seat: usize,
+    speakers: usize,
+}
+
+/// How long each speaker speaks before the next one's turn.
+const SPEAKING_TURN: Duration = Duration::from_secs(2);
+
+/// The audio level (RFC 6464, -dBov) of a speaker whose turn it is: loud speech.
+const SPEAKING_DBOV: u8 = 25;
+
+impl Voice {
+    /// The audio level to send at `now` (since the epoch, the same for everyone).
+    fn level(self, now: Duration) -> u8 {
+        let turn = now.as_millis() / SPEAKING_TURN.as_millis();
+        let speaking = turn % self.speakers as u128 == self.seat as u128;
+        if speaking {
+            SPEAKING_DBOV
+        } else {
+            SILENT_DBOV
+        }
+    }
 }
 
 impl Outgoing {
@@ -85,9 +118,13 @@ impl Outgoing {
         let Some((track, source)) = &mut self.audio else {
             return 0;
         };
-        let packet = source.packet(since_epoch());
+        let now = since_epoch();
+        let packet = source.packet(now);
         if self.link.passes() {
-            let _ = track.write(packet).await;
+            let _ = match self.voice {
+                Some(voice) => track.write_with_level(packet, voice.level(now)).await,
+                None => track.write(packet).await,
+            };
         }
         1
     }
@@ -164,7 +201,12 @@ async fn publish(
     shared: &Shared,
     report: &mut ParticipantReport,
 ) -> Option<Outgoing> {
-    let (video, audio) = match session.publish(shared.audio).await {
+    let voice = shared.speakers.map(|speakers| Voice {
+        seat: plan.seat,
+        speakers,
+    });
+    let speaks = voice.is_none_or(|v| v.seat < v.speakers);
+    let (video, audio) = match session.publish(shared.audio && speaks).await {
         Ok(tracks) => tracks,
         Err(e) => {
             report.error = Some(format!("publishing: {e}"));
@@ -183,6 +225,7 @@ async fn publish(
     Some(Outgoing {
         video: (video, video_source),
         audio,
+        voice,
         link: Link::new(shared.drop_every_nth_sent),
     })
 }
@@ -245,6 +288,10 @@ fn on_event(event: Option<ClientEvent>, shared: &Shared, report: &mut Participan
             }
             true
         }
+        Some(ClientEvent::Server(ServerMessage::TrackPaused { track_id, paused })) => {
+            report.received.set_paused(&track_id, paused);
+            true
+        }
         Some(ClientEvent::Server(ServerMessage::Leave { reason })) => {
             report.error = Some(format!("removed by the server: {reason:?}"));
             true
@@ -268,5 +315,22 @@ async fn leave(mut session: Session) {
         if matches!(event, ClientEvent::Closed) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speakers_take_turns_of_two_seconds() {
+        let voice = |seat| Voice { seat, speakers: 3 };
+        let at = Duration::from_millis;
+        assert_eq!(voice(0).level(at(1_999)), SPEAKING_DBOV);
+        assert_eq!(voice(1).level(at(1_999)), SILENT_DBOV);
+        assert_eq!(voice(1).level(at(2_000)), SPEAKING_DBOV);
+        assert_eq!(voice(2).level(at(4_000)), SPEAKING_DBOV);
+        assert_eq!(voice(0).level(at(6_000)), SPEAKING_DBOV);
+        assert_eq!(voice(2).level(at(6_000)), SILENT_DBOV);
     }
 }

@@ -32,6 +32,8 @@ pub struct Planned {
     pub role: Role,
     /// Number carried in the load header of a publisher's packets.
     pub stream: u32,
+    /// Place in the room, publishers first, from 0.
+    pub seat: usize,
 }
 
 /// The shape of a run.
@@ -71,6 +73,7 @@ pub fn participants(layout: &Layout) -> Vec<Planned> {
                 url: layout.urls[node % layout.urls.len().max(1)].clone(),
                 role,
                 stream,
+                seat: i,
             });
         }
     }

@@ -29,6 +29,8 @@ pub struct ParticipantReport {
     pub role: Role,
     /// A publisher's stream number, as its load headers carry it.
     pub stream: u32,
+    /// Its place in the room, publishers first.
+    pub seat: usize,
     /// From opening the socket to `joined`.
     pub join_time: Option<Duration>,
     /// From opening the socket to the first media packet received.
@@ -49,6 +51,7 @@ impl ParticipantReport {
             room: plan.room.clone(),
             role: plan.role,
             stream: plan.stream,
+            seat: plan.seat,
             join_time: None,
             first_media: None,
             received: ReceiveStats::default(),
@@ -76,6 +79,10 @@ pub struct Scenario {
     pub publishers: usize,
     pub subscribers: usize,
     pub audio: bool,
+    /// Only the first this many publishers of each room send audio, taking turns
+    /// to speak; `None`: every publisher sends audio (when `audio`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speakers: Option<usize>,
 }
 
 /// Median and 99th percentile, in milliseconds.
@@ -140,6 +147,8 @@ pub struct Summary {
     pub packets_per_second: f64,
     /// RTP payload bytes received per second.
     pub bytes_per_second: f64,
+    /// What one participant received, on average: payload bits per second.
+    pub downlink_bits_per_second: f64,
     pub packets_received: u64,
     pub bytes_received: u64,
     pub packets_sent: u64,
@@ -202,9 +211,17 @@ impl ServerUsage {
 }
 
 /// How many publishers' video a participant should receive, and whether audio too.
-fn expects_media(role: Role, scenario: &Scenario) -> (usize, bool) {
-    let heard = publishers_heard(role, scenario.publishers);
-    (heard, heard > 0 && scenario.audio)
+fn expects_media(report: &ParticipantReport, scenario: &Scenario) -> (usize, bool) {
+    let heard = publishers_heard(report.role, scenario.publishers);
+    let voices = match scenario.speakers {
+        None => heard,
+        Some(speakers) => {
+            let speakers = speakers.min(scenario.publishers);
+            let speaks = report.role == Role::Publisher && report.seat < speakers;
+            speakers - usize::from(speaks)
+        }
+    };
+    (heard, voices > 0 && scenario.audio)
 }
 
 /// Packets each publisher sent, by stream number and kind.
@@ -225,9 +242,12 @@ fn sent_by_stream(reports: &[ParticipantReport]) -> Sent {
 fn loss_of(received: &ReceiveStats, sent: &Sent) -> (u64, u64) {
     let mut lost = 0;
     let mut expected = 0;
-    for track in received.tracks.values() {
+    for (id, track) in &received.tracks {
         let count = sent.get(&(track.stream, track.kind));
         let tail = match (count, track.sequence.highest()) {
+            // A track paused at the end, or resumed after its newest packet and not
+            // forwarded since, was held back from its tail on purpose.
+            _ if received.paused.contains(id) || track.sequence.gap_pending() => 0,
             (Some(count), Some(highest)) => count.saturating_sub(highest + 1),
             _ => 0,
         };
@@ -240,9 +260,11 @@ fn loss_of(received: &ReceiveStats, sent: &Sent) -> (u64, u64) {
 fn session_row(report: &ParticipantReport, scenario: &Scenario, sent: &Sent) -> SessionRow {
     let video_packets = report.received.packets(TrackKind::Video);
     let audio_packets = report.received.packets(TrackKind::Audio);
-    let (want_video, want_audio) = expects_media(report.role, scenario);
+    let (want_video, want_audio) = expects_media(report, scenario);
     let heard = report.received.streams(TrackKind::Video);
-    let missing = heard < want_video || (want_audio && audio_packets == 0);
+    // Publishers whose video the server holds back (last-N) are there all the same.
+    let present = heard + report.received.held_back_streams();
+    let missing = present < want_video || (want_audio && audio_packets == 0);
     SessionRow {
         identity: report.identity.clone(),
         room: report.room.clone(),
@@ -331,6 +353,8 @@ pub fn summarise(reports: &[ParticipantReport], facts: &RunFacts) -> Summary {
         steady_seconds: facts.steady_time.as_secs_f64(),
         packets_per_second: per_second(steady_packets, facts.steady_time),
         bytes_per_second: per_second(steady_bytes, facts.steady_time),
+        downlink_bits_per_second: per_second(steady_bytes * 8, facts.steady_time)
+            / joins.len().max(1) as f64,
         packets_received: total.packets,
         bytes_received: total.bytes,
         packets_sent: reports.iter().map(|r| r.sent_video + r.sent_audio).sum(),
@@ -369,7 +393,11 @@ impl Summary {
                     s.rooms,
                     s.publishers,
                     s.subscribers,
-                    if s.audio { "on" } else { "off" }
+                    match (s.audio, s.speakers) {
+                        (false, _) => "off".to_owned(),
+                        (true, None) => "on".to_owned(),
+                        (true, Some(k)) => format!("from {k} speakers per room, in turns"),
+                    }
                 ),
             ),
             (
@@ -387,10 +415,12 @@ impl Summary {
             (
                 "received (steady)".to_owned(),
                 format!(
-                    "{:.0} packets/s, {:.1} kB/s payload over {:.1} s",
+                    "{:.0} packets/s, {:.1} kB/s payload over {:.1} s, {:.0} kbit/s \
+                     per participant",
                     self.packets_per_second,
                     self.bytes_per_second / 1000.0,
-                    self.steady_seconds
+                    self.steady_seconds,
+                    self.downlink_bits_per_second / 1000.0
                 ),
             ),
             (

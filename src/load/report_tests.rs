@@ -21,6 +21,7 @@ fn report(role: Role, join_ms: Option<u64>, sequences: &[u64]) -> ParticipantRep
         room: "r".into(),
         role,
         stream: 0,
+        seat: 0,
         join_time: join_ms.map(Duration::from_millis),
         first_media: received.first_media.map(|_| Duration::from_millis(200)),
         received,
@@ -42,6 +43,7 @@ fn facts(servers: Vec<ProcReadings>) -> RunFacts {
             publishers: 1,
             subscribers: 3,
             audio: true,
+            speakers: None,
         },
         steady: (at(1000, 50_000), at(3000, 250_000)),
         steady_time: Duration::from_secs(2),
@@ -80,6 +82,7 @@ fn summarises_joins_media_loss_and_delay() {
     assert_eq!(summary.loss_ratio, 2.0 / 16.0);
     assert_eq!(summary.packets_per_second, 1000.0);
     assert_eq!(summary.bytes_per_second, 100_000.0);
+    assert_eq!(summary.downlink_bits_per_second, 800_000.0 / 3.0);
     assert_eq!(summary.delay_ms.max, Some(2.0));
     assert_eq!(summary.server_cpu_us_per_packet, None);
     assert!(summary.sessions[2].video_packets == 3 && summary.sessions[2].lost_packets == 2);
@@ -182,4 +185,47 @@ fn the_progress_line_shows_joins_rate_and_loss() {
         line,
         "[   2.5 s] joined 3/4 (1 failed), receiving 2/3, 480 packets/s, gaps 0.100 %"
     );
+}
+
+#[test]
+fn tracks_the_server_holds_back_are_neither_missing_nor_lost() {
+    let mut publisher = report(Role::Publisher, Some(40), &[]);
+    (publisher.stream, publisher.sent_video, publisher.sent_audio) = (1, 10, 10);
+    // Paused after 0 to 3: the rest of the video was never sent on purpose.
+    let mut paused = report(Role::Subscriber, Some(50), &[0, 1, 2, 3]);
+    let cam = TrackId::from_string("v".into());
+    paused.received.set_paused(&cam, true);
+    // A second publisher's camera, held back from the start.
+    paused
+        .received
+        .set_paused(&TrackId::from_string("other".into()), true);
+    let mut run = facts(Vec::new());
+    run.scenario.publishers = 2;
+    let summary = summarise(&[publisher.clone(), paused.clone()], &run);
+    // Only the audio's tail (4 to 9) is lost.
+    assert_eq!(summary.sessions[1].lost_packets, 6);
+    // Resumed at the end but nothing forwarded since: still held back.
+    paused.received.set_paused(&cam, false);
+    let summary = summarise(&[publisher, paused], &run);
+    assert_eq!(summary.sessions[1].lost_packets, 6);
+    assert!(
+        !summary.sessions[1].missing_media,
+        "a held-back camera is not missing"
+    );
+}
+
+#[test]
+fn with_speakers_only_those_who_hear_a_speaker_expect_audio() {
+    let mut run = facts(Vec::new());
+    (run.scenario.publishers, run.scenario.speakers) = (3, Some(1));
+    // The lone speaker, in seat 0, hears video but no voice; seat 2 hears the speaker.
+    let speaker = report(Role::Publisher, Some(40), &[]);
+    let mut listener = report(Role::Publisher, Some(40), &[]);
+    listener.seat = 2;
+    let reports = [speaker, listener];
+    let rows: Vec<(usize, bool)> = reports
+        .iter()
+        .map(|r| expects_media(r, &run.scenario))
+        .collect();
+    assert_eq!(rows, [(2, false), (2, true)]);
 }

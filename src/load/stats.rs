@@ -11,7 +11,7 @@
 //! received (a stream that stalled) are counted by the summary, which knows how many
 //! each publisher sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::histogram::Histogram;
@@ -55,6 +55,11 @@ pub struct SequenceTracker {
     duplicates: u64,
     /// Bit i set: sequence `highest - i` has arrived.
     seen: u128,
+    /// Packets the server chose not to forward while it paused the track: neither
+    /// expected nor lost.
+    held_back: u64,
+    /// The server paused or resumed the track: the next gap is what it held back.
+    gap_held_back: bool,
 }
 
 impl SequenceTracker {
@@ -74,9 +79,13 @@ impl SequenceTracker {
             };
             self.range = Some((first, sequence));
             self.received += 1;
-            return Arrival::Ahead {
-                skipped: advance - 1,
-            };
+            let skipped = advance - 1;
+            if skipped > 0 && self.gap_held_back {
+                self.gap_held_back = false;
+                self.held_back += skipped;
+                return Arrival::Ahead { skipped: 0 };
+            }
+            return Arrival::Ahead { skipped };
         }
         self.record_behind(sequence, first, highest)
     }
@@ -107,9 +116,21 @@ impl SequenceTracker {
         self.range.map(|(_, highest)| highest)
     }
 
-    /// Packets from the first to the newest received.
+    /// Packets from the first to the newest received, but for those held back.
     pub fn expected(&self) -> u64 {
-        self.range.map_or(0, |(first, highest)| highest - first + 1)
+        let range = self.range.map_or(0, |(first, highest)| highest - first + 1);
+        range.saturating_sub(self.held_back)
+    }
+
+    /// The server paused or resumed the track: the next gap in the sequence is
+    /// packets it did not forward on purpose, not loss.
+    pub fn hold_next_gap(&mut self) {
+        self.gap_held_back = true;
+    }
+
+    /// Whether the server paused or resumed the track after its newest packet.
+    pub fn gap_pending(&self) -> bool {
+        self.gap_held_back
     }
 
     pub fn lost(&self) -> u64 {
@@ -143,6 +164,8 @@ pub struct ReceiveStats {
     pub first_media: Option<Duration>,
     /// Packets without a load header.
     pub unparsed: u64,
+    /// Tracks the server says it does not forward now (last-N, or hidden).
+    pub paused: HashSet<TrackId>,
 }
 
 /// What one received packet was.
@@ -179,6 +202,25 @@ impl ReceiveStats {
         Some(Received { kind, arrival })
     }
 
+    /// The server paused or resumed forwarding `track` to this participant.
+    pub fn set_paused(&mut self, track: &TrackId, paused: bool) {
+        if paused {
+            self.paused.insert(track.clone());
+        } else {
+            self.paused.remove(track);
+        }
+        if let Some(stats) = self.tracks.get_mut(track) {
+            stats.sequence.hold_next_gap();
+        }
+    }
+
+    /// Tracks paused by the server that never sent a packet here: publishers that
+    /// are in the room but held back from this participant.
+    pub fn held_back_streams(&self) -> usize {
+        let never_received = |t: &&TrackId| !self.tracks.contains_key(*t);
+        self.paused.iter().filter(never_received).count()
+    }
+
     /// Packets received of one kind.
     pub fn packets(&self, kind: TrackKind) -> u64 {
         self.sum(kind, |t| t.packets)
@@ -195,10 +237,7 @@ impl ReceiveStats {
     /// Distinct publishers heard on tracks of one kind.
     pub fn streams(&self, kind: TrackKind) -> usize {
         let of_kind = self.tracks.values().filter(|t| t.kind == kind);
-        of_kind
-            .map(|t| t.stream)
-            .collect::<std::collections::HashSet<_>>()
-            .len()
+        of_kind.map(|t| t.stream).collect::<HashSet<_>>().len()
     }
 
     fn sum(&self, kind: TrackKind, field: impl Fn(&TrackStats) -> u64) -> u64 {
@@ -268,6 +307,35 @@ mod tests {
         assert_eq!((t.lost(), live), (2, 2));
         let (t, live) = track(&[0, 1, 4, 3, 5, 2]);
         assert_eq!((t.lost(), live), (0, 0));
+    }
+
+    #[test]
+    fn the_gap_of_a_pause_is_held_back_and_later_gaps_are_loss() {
+        let mut t = SequenceTracker::default();
+        let mut live = 0;
+        for sequence in [0, 1, 2] {
+            live += t.record(sequence).loss_change();
+        }
+        t.hold_next_gap();
+        // Paused from 3 to 9; then a real loss of 12.
+        for sequence in [10, 11, 13] {
+            live += t.record(sequence).loss_change();
+        }
+        assert_eq!((t.expected(), t.lost(), live), (7, 1, 1));
+    }
+
+    #[test]
+    fn a_pause_before_the_first_packet_leaves_nothing_to_hold_back() {
+        let mut stats = ReceiveStats::default();
+        let track = TrackId::from_string("held".into());
+        stats.set_paused(&track, true);
+        assert_eq!(stats.held_back_streams(), 1);
+        stats.set_paused(&track, false);
+        assert_eq!(stats.held_back_streams(), 0);
+        stats.record(&track, &payload(true, 5, 1), Duration::from_millis(2));
+        stats.record(&track, &payload(true, 7, 1), Duration::from_millis(3));
+        let sequence = &stats.tracks[&track].sequence;
+        assert_eq!((sequence.expected(), sequence.lost()), (3, 1));
     }
 
     #[test]
