@@ -12,8 +12,9 @@ use common::{
 use relais::cascade::link::{LinkEvent, Links};
 use relais::cascade::wire;
 use relais::client::{Client, ClientEvent, LocalTrack};
+use relais::ids::TrackId;
 use relais::load::{run_scenario, LoadConfig, Role, SpreadBy, Target};
-use relais::signal::protocol::TrackKind;
+use relais::signal::protocol::{ClientMessage, ServerMessage, TrackKind};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -160,6 +161,68 @@ async fn media_crosses_each_link_once_and_only_where_wanted() {
     // The node whose participant subscribes to nothing receives nothing.
     assert_eq!(link_packets(&idle_node, "n0").1, 0);
     assert_eq!(link_packets(&nodes[0], "n3").0, 0);
+}
+
+/// Waits for the server's `track_paused` about `track` with `paused`.
+async fn await_paused(client: &mut Client, track: &TrackId, paused: bool) {
+    client
+        .wait_for(Duration::from_secs(15), "track_paused", |e| match e {
+            ClientEvent::Server(ServerMessage::TrackPaused {
+                track_id,
+                paused: now,
+            }) => (track_id == track && *now == paused).then_some(()),
+            _ => None,
+        })
+        .await
+        .expect("track_paused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_nobody_shows_on_a_node_stops_crossing_the_link() {
+    let _turn = TURN.lock().await;
+    let etcd = Etcd::start();
+    let nodes = cluster(&etcd, 2);
+    let publisher = nodes[0].join_with("gallery", "pub", false).await;
+    let mut viewer = nodes[1].join_with("gallery", "viewer", true).await;
+    let camera = publish(&publisher, "cam", TrackKind::Video).await;
+    let sender = {
+        let camera = camera.clone();
+        tokio::spawn(
+            async move { send_packets(&camera, 0, 3_000, Duration::from_millis(10)).await },
+        )
+    };
+    let track = viewer
+        .wait_for(Duration::from_secs(15), "video", |e| match e {
+            ClientEvent::Rtp { track_id, .. } => Some(track_id.clone()),
+            _ => None,
+        })
+        .await
+        .expect("video arrives");
+
+    // The only viewer on n1 hides it: n0 stops sending it over the link.
+    let hide = |track_ids| ClientMessage::Hide { track_ids };
+    viewer.send(hide(vec![track.clone()])).expect("send hide");
+    await_paused(&mut viewer, &track, true).await;
+    // Demand travels as a control message; what was in flight lands first.
+    let settled = wait_for(Duration::from_secs(5), "the link quiet", || {
+        let before = link_packets(&nodes[0], "n1").0;
+        std::thread::sleep(Duration::from_millis(300));
+        (link_packets(&nodes[0], "n1").0 == before).then_some(before)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(link_packets(&nodes[0], "n1").0, settled, "nothing crosses");
+
+    // Shown again: it crosses again and reaches the viewer.
+    viewer.send(hide(Vec::new())).expect("send hide");
+    await_paused(&mut viewer, &track, false).await;
+    viewer
+        .wait_for(Duration::from_secs(15), "video again", |e| {
+            matches!(e, ClientEvent::Rtp { .. }).then_some(())
+        })
+        .await
+        .expect("video again");
+    assert!(link_packets(&nodes[0], "n1").0 > settled, "crossing again");
+    sender.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

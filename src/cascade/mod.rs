@@ -4,12 +4,13 @@
 //! node's own `Room` actor). Shards of a room tell each other their own
 //! participants and tracks over the cascade links ([`wire::Control::Shard`]);
 //! each shard shows its participants the union. A track crosses a link only while
-//! the far node has at least one subscriber for it, and once per link however many
-//! subscribers it has there:
+//! the far node has at least one subscriber taking it (not paused by last-N or by
+//! `hide`), and once per link however many subscribers it has there:
 //!
 //! - on the subscriber's node the track is an up-track fed by the link
-//!   ([`import`]); its first down-track sends `subscribe` to the publisher's node,
-//!   its last one `unsubscribe`, and its keyframe requests travel back too;
+//!   ([`import`]); its first down-track that takes packets sends `subscribe` to the
+//!   publisher's node, the last one to stop `unsubscribe`, and its keyframe
+//!   requests travel back too;
 //! - on the publisher's node, `subscribe` attaches one down-track to the track's
 //!   forwarder whose output goes into datagrams on the link ([`export`]).
 //!

@@ -10,7 +10,7 @@
 //! The task owns the forwarder; everyone else talks to it through an
 //! [`UpTrackHandle`], whose commands it interleaves with packets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -147,7 +147,8 @@ impl Source {
 
 /// The far end of a cascaded track, as the up-track task sees it.
 pub trait CascadeOrigin: Send + Sync {
-    /// Called with true when the first down-track attaches, false when the last goes.
+    /// Called with true when a first down-track takes packets, false when the last one
+    /// stops (removed or paused).
     fn demand(&self, wanted: bool);
     fn keyframe(&self);
 }
@@ -192,6 +193,9 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
 struct Loop {
     forwarder: Forwarder,
     sinks: HashMap<DownTrackKey, Box<dyn DownTrackSink>>,
+    /// Down-tracks paused now (hidden, or held back by last-N): of a cascaded track,
+    /// only the others are demand on the link.
+    paused: HashSet<DownTrackKey>,
     out: Vec<(DownTrackKey, Packet)>,
     counters: Arc<UpTrackCounters>,
     /// Packets and bytes received from the publisher.
@@ -211,6 +215,7 @@ async fn run(
     let mut state = Loop {
         forwarder: Forwarder::new(up.config),
         sinks: HashMap::new(),
+        paused: HashSet::new(),
         out: Vec::new(),
         counters,
         received: up
@@ -237,7 +242,7 @@ async fn run(
         state.request_keyframe_if_due(&source).await;
     }
     if let Source::Cascade { origin, .. } = &source {
-        if !state.sinks.is_empty() {
+        if state.wanted() {
             origin.demand(false);
         }
     }
@@ -307,12 +312,25 @@ impl Loop {
         data.first().copied()
     }
 
+    /// Whether some down-track takes packets now: a cascaded track crosses its link
+    /// only then.
+    fn wanted(&self) -> bool {
+        self.sinks.keys().any(|key| !self.paused.contains(key))
+    }
+
     fn apply(&mut self, command: UpTrackCommand, source: &Source) {
+        let was_wanted = self.wanted();
+        self.apply_to_forwarder(command);
+        let wanted = self.wanted();
+        if let Source::Cascade { origin, .. } = source {
+            if wanted != was_wanted {
+                origin.demand(wanted);
+            }
+        }
+    }
+
+    fn apply_to_forwarder(&mut self, command: UpTrackCommand) {
         let now = Instant::now();
-        let origin = match source {
-            Source::Cascade { origin, .. } => Some(origin),
-            Source::Peer { .. } => None,
-        };
         match command {
             UpTrackCommand::AddDownTrack {
                 key,
@@ -320,24 +338,26 @@ impl Loop {
                 payload_type,
                 sink,
             } => {
-                if self.sinks.is_empty() {
-                    if let Some(origin) = origin {
-                        origin.demand(true);
-                    }
-                }
                 self.sinks.insert(key, sink);
+                self.paused.remove(&key);
                 self.forwarder.add_down_track(now, key, ssrc, payload_type);
             }
             UpTrackCommand::RemoveDownTrack { key } => {
-                let had = self.sinks.remove(&key).is_some();
+                self.sinks.remove(&key);
+                self.paused.remove(&key);
                 self.forwarder.remove_down_track(key);
-                if had && self.sinks.is_empty() {
-                    if let Some(origin) = origin {
-                        origin.demand(false);
-                    }
-                }
             }
-            UpTrackCommand::SetPaused { key, paused } => self.forwarder.set_paused(key, paused),
+            UpTrackCommand::SetPaused { key, paused } => {
+                if !self.sinks.contains_key(&key) {
+                    return;
+                }
+                if paused {
+                    self.paused.insert(key);
+                } else {
+                    self.paused.remove(&key);
+                }
+                self.forwarder.set_paused(key, paused);
+            }
             UpTrackCommand::KeyframeRequest { from } => {
                 self.forwarder.handle_keyframe_request(now, from)
             }
