@@ -89,7 +89,7 @@ pub struct Size {
 
 impl Size {
     /// Whether a picture of this size fits inside `other` without downscaling.
-    fn fits_in(self, other: Size) -> bool {
+    pub fn fits_in(self, other: Size) -> bool {
         self.width <= other.width && self.height <= other.height
     }
 }

@@ -25,6 +25,7 @@ pub mod keyframe;
 pub mod last_n;
 pub mod layers;
 pub mod rewrite;
+pub mod simulcast;
 pub mod speaker;
 
 pub mod downtrack;
