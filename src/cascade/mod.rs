@@ -168,6 +168,8 @@ pub fn import(
     let up = UpTrack {
         track_id: origin.track.clone(),
         config: forwarder_config(kind, &codec.mime_type),
+        // A simulcast track crosses a link as the one layer its export is sent.
+        simulcast: None,
         metrics: origin.cascade.metrics.clone(),
         codec,
         // The origin's link carries the level under the link's own id.

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
 
-use super::peer::{add_local_track, build_peer, read_track, PeerEvent};
+use super::peer::{add_local_layers, build_peer, read_track, PeerEvent};
 use super::{ClientError, ClientEvent, ClientOptions, Command, Feedback};
 use crate::ids::TrackId;
 use crate::signal::protocol::{ClientMessage, IceCandidate, ServerMessage};
@@ -207,17 +207,20 @@ impl Driver {
                 cid,
                 codec,
                 source,
+                layers,
                 reply,
             } => {
+                let rids: Vec<String> = layers.iter().map(|l| l.rid.clone()).collect();
                 let announce = ClientMessage::PublishTrack {
                     cid: cid.clone(),
                     kind: codec.kind(),
                     source,
                     name: cid.clone(),
                     muted: false,
+                    layers,
                 };
                 let mut out = vec![to_json(&announce)];
-                match add_local_track(&self.pc, cid, codec).await {
+                match add_local_layers(&self.pc, cid, codec, &rids).await {
                     Ok(track) => {
                         let _ = reply.send(Ok(track));
                         self.want_offer = true;

@@ -19,13 +19,15 @@ use std::time::Duration;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp::packet::Packet;
+const SDES_MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const SDES_RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 
 use crate::ids::TrackId;
-use crate::signal::protocol::{ClientMessage, ServerMessage, TrackKind, TrackSource};
+use crate::signal::protocol::{ClientMessage, LayerInfo, ServerMessage, TrackKind, TrackSource};
 
 /// Redirects followed before `connect` gives up.
 pub const MAX_REDIRECTS: usize = 4;
@@ -78,6 +80,10 @@ pub enum ClientError {
     Timeout(&'static str),
     #[error("the client has stopped")]
     Stopped,
+    #[error("the track has no layer {0}")]
+    NoSuchLayer(usize),
+    #[error("the track has not been negotiated yet")]
+    NotNegotiated,
 }
 
 pub(crate) enum Command {
@@ -88,6 +94,8 @@ pub(crate) enum Command {
         cid: String,
         codec: PublishCodec,
         source: TrackSource,
+        /// Simulcast layers, lowest first; empty for one stream.
+        layers: Vec<LayerInfo>,
         reply: oneshot::Sender<Result<LocalTrack, ClientError>>,
     },
     /// RTCP feedback about a received track, as a subscriber's stack would send it.
@@ -147,6 +155,66 @@ pub struct LocalTrack {
     keyframe_wanted: Arc<AtomicBool>,
     /// Keyframe requests received from the server, ever.
     keyframe_requests: Arc<AtomicU64>,
+    /// The layers of a simulcast track; none for a track sent as one stream.
+    simulcast: Arc<Simulcast>,
+}
+
+/// What writing the layers of a simulcast track takes: each layer's rid and SSRC, and
+/// the transceiver's mid, which every packet carries so that the server can tell a
+/// new layer's stream apart (as browsers do).
+pub(crate) struct Simulcast {
+    pub(crate) layers: Vec<(String, u32)>,
+    pub(crate) pc: std::sync::Weak<dyn webrtc::peer_connection::PeerConnection>,
+    pub(crate) sender: rtc::rtp_transceiver::RTCRtpSenderId,
+    /// Known once the connection has negotiated the track.
+    pub(crate) mid: tokio::sync::OnceCell<String>,
+}
+
+impl Simulcast {
+    /// The transceiver's mid, once negotiated.
+    async fn mid(&self) -> Option<String> {
+        if let Some(mid) = self.mid.get() {
+            return Some(mid.clone());
+        }
+        let pc = self.pc.upgrade()?;
+        for transceiver in pc.get_transceivers().await {
+            let Ok(Some(sender)) = transceiver.sender().await else {
+                continue;
+            };
+            if sender.id() == self.sender {
+                let mid = transceiver.mid().await.ok().flatten()?;
+                return Some(self.mid.get_or_init(|| async { mid }).await.clone());
+            }
+        }
+        None
+    }
+}
+
+/// An SDES item carried as a header extension (mid, rid): the text, as is.
+struct SdesExtension(Vec<u8>);
+
+impl rtc::shared::marshal::MarshalSize for SdesExtension {
+    fn marshal_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl rtc::shared::marshal::Marshal for SdesExtension {
+    fn marshal_to(&self, buf: &mut [u8]) -> rtc::shared::error::Result<usize> {
+        let len = self.0.len();
+        if buf.len() < len {
+            return Err(rtc::shared::error::Error::ErrBufferShort);
+        }
+        buf[..len].copy_from_slice(&self.0);
+        Ok(len)
+    }
+}
+
+fn sdes(uri: &'static str, text: &str) -> HeaderExtension {
+    HeaderExtension::Custom {
+        uri: uri.into(),
+        extension: Box::new(SdesExtension(text.as_bytes().to_vec())),
+    }
 }
 
 impl LocalTrack {
@@ -173,6 +241,30 @@ impl LocalTrack {
             .write_rtp_with_extensions(packet, &[HeaderExtension::AudioLevel(level)])
             .await
             .map_err(ClientError::from)
+    }
+
+    /// Writes one packet of simulcast layer `layer` (as announced, lowest first), with
+    /// that layer's SSRC and its rid and mid extensions. Nothing is written before the
+    /// track has been negotiated.
+    pub async fn write_layer(&self, layer: usize, mut packet: Packet) -> Result<(), ClientError> {
+        let Some((rid, ssrc)) = self.simulcast.layers.get(layer) else {
+            return Err(ClientError::NoSuchLayer(layer));
+        };
+        let Some(mid) = self.simulcast.mid().await else {
+            return Err(ClientError::NotNegotiated);
+        };
+        packet.header.ssrc = *ssrc;
+        packet.header.payload_type = self.payload_type;
+        let extensions = [sdes(SDES_MID_URI, &mid), sdes(SDES_RTP_STREAM_ID_URI, rid)];
+        self.track
+            .write_rtp_with_extensions(packet, &extensions)
+            .await
+            .map_err(ClientError::from)
+    }
+
+    /// How many simulcast layers the track has; 0 for one stream.
+    pub fn layers(&self) -> usize {
+        self.simulcast.layers.len()
     }
 
     pub fn take_keyframe_request(&self) -> bool {
@@ -315,12 +407,33 @@ impl Client {
         self.publish_codec(cid, codec, source).await
     }
 
+    /// Publishes a VP8 camera sent in simulcast `layers` (lowest first), announced with
+    /// their rids and sizes; write each layer with [`LocalTrack::write_layer`].
+    pub async fn publish_layers(
+        &self,
+        cid: &str,
+        layers: Vec<LayerInfo>,
+    ) -> Result<LocalTrack, ClientError> {
+        self.request_publish(cid, PublishCodec::Vp8, TrackSource::Camera, layers)
+            .await
+    }
+
     /// Like [`publish`](Self::publish), with the codec chosen by the caller.
     pub async fn publish_codec(
         &self,
         cid: &str,
         codec: PublishCodec,
         source: TrackSource,
+    ) -> Result<LocalTrack, ClientError> {
+        self.request_publish(cid, codec, source, Vec::new()).await
+    }
+
+    async fn request_publish(
+        &self,
+        cid: &str,
+        codec: PublishCodec,
+        source: TrackSource,
+        layers: Vec<LayerInfo>,
     ) -> Result<LocalTrack, ClientError> {
         let (reply, rx) = oneshot::channel();
         let cid = cid.to_owned();
@@ -329,6 +442,7 @@ impl Client {
                 cid,
                 codec,
                 source,
+                layers,
                 reply,
             })
             .map_err(|_| ClientError::Stopped)?;

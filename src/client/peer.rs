@@ -28,7 +28,7 @@ use webrtc::peer_connection::{
 };
 
 use super::lossy::LossyRuntime;
-use super::{ClientError, ClientEvent, LocalTrack, PublishCodec};
+use super::{ClientError, ClientEvent, LocalTrack, PublishCodec, Simulcast};
 use crate::ids::TrackId;
 use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
 use crate::participant::peer::{media_engine, register_audio_level};
@@ -102,6 +102,17 @@ pub(crate) async fn add_local_track(
     cid: String,
     publish: PublishCodec,
 ) -> Result<LocalTrack, ClientError> {
+    add_local_layers(pc, cid, publish, &[]).await
+}
+
+/// Adds a track sent as one stream per rid in `rids` (simulcast, lowest first), or as
+/// one stream when `rids` is empty.
+pub(crate) async fn add_local_layers(
+    pc: &Arc<dyn PeerConnection>,
+    cid: String,
+    publish: PublishCodec,
+    rids: &[String],
+) -> Result<LocalTrack, ClientError> {
     let (codec, payload_type, codec_kind) = match publish {
         PublishCodec::Opus => (
             codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1"),
@@ -117,24 +128,37 @@ pub(crate) async fn add_local_track(
     };
     let kind = publish.kind();
     let ssrc = rand::random::<u32>().max(1);
-    let encoding = RTCRtpEncodingParameters {
-        rtp_coding_parameters: RTCRtpCodingParameters {
-            ssrc: Some(ssrc),
-            ..Default::default()
-        },
-        codec,
-        ..Default::default()
+    let layers: Vec<(String, u32)> = rids
+        .iter()
+        .map(|rid| (rid.clone(), rand::random::<u32>().max(1)))
+        .collect();
+    let streams = if layers.is_empty() {
+        vec![(String::new(), ssrc)]
+    } else {
+        layers.clone()
     };
+    let encodings = streams
+        .iter()
+        .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                rid: rid.clone(),
+                ssrc: Some(*ssrc),
+                ..Default::default()
+            },
+            codec: codec.clone(),
+            ..Default::default()
+        })
+        .collect();
     let stream_id = format!("stream-{cid}");
     let media = MediaStreamTrack::new(
         stream_id,
         MediaStreamTrackId::from(cid.clone()),
         cid.clone(),
         codec_kind,
-        vec![encoding],
+        encodings,
     );
     let track = Arc::new(TrackLocalStaticRTP::new(media));
-    pc.add_track(track.clone()).await?;
+    let sender = pc.add_track(track.clone()).await?;
 
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let keyframe_requests = Arc::new(AtomicU64::new(0));
@@ -152,6 +176,12 @@ pub(crate) async fn add_local_track(
         payload_type,
         keyframe_wanted,
         keyframe_requests,
+        simulcast: Arc::new(Simulcast {
+            layers,
+            pc: Arc::downgrade(pc),
+            sender: sender.id(),
+            mid: tokio::sync::OnceCell::new(),
+        }),
     })
 }
 

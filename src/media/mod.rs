@@ -20,6 +20,7 @@
 
 pub mod allocator;
 pub mod codec;
+pub mod fanout;
 pub mod forwarder;
 pub mod keyframe;
 pub mod last_n;

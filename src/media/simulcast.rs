@@ -207,7 +207,10 @@ impl SimulcastForwarder {
     /// When to call [`SimulcastForwarder::poll_keyframe_request`] next: a pending request,
     /// or the moment an arriving layer would count as stopped.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let requests = self.throttles.iter().filter_map(KeyframeThrottle::poll_timeout);
+        let requests = self
+            .throttles
+            .iter()
+            .filter_map(KeyframeThrottle::poll_timeout);
         let stale = self
             .seen
             .iter()
@@ -256,7 +259,10 @@ impl SimulcastForwarder {
     fn collect_requests(&mut self, now: Instant) {
         for dt in &mut self.down_tracks {
             let owed = dt.selector.poll_keyframe_request();
-            let waiting = dt.selector.target().filter(|t| dt.selector.current() != Some(*t));
+            let waiting = dt
+                .selector
+                .target()
+                .filter(|t| dt.selector.current() != Some(*t));
             for layer in owed.into_iter().chain(waiting) {
                 if let Some(throttle) = self.throttles.get_mut(layer) {
                     if !throttle.is_pending() {

@@ -43,7 +43,11 @@ impl Rig {
         self.now += FRAME;
         let mut got = Vec::new();
         for &layer in which {
-            let payload = if key.contains(&layer) { VP8_KEY } else { VP8_DELTA };
+            let payload = if key.contains(&layer) {
+                VP8_KEY
+            } else {
+                VP8_DELTA
+            };
             let header = Header {
                 version: 2,
                 payload_type: 100,
@@ -83,7 +87,11 @@ fn the_shown_size_picks_the_largest_layer_that_fits_inside_it() {
     assert_eq!(wanted(&all, Some(size(320, 180))), 0);
     assert_eq!(wanted(&all, Some(size(800, 450))), 1);
     assert_eq!(wanted(&all, Some(size(1920, 1080))), 2);
-    assert_eq!(wanted(&all, Some(size(100, 100))), 0, "none fits: the lowest");
+    assert_eq!(
+        wanted(&all, Some(size(100, 100))),
+        0,
+        "none fits: the lowest"
+    );
 }
 
 #[test]
@@ -92,7 +100,11 @@ fn a_layer_that_does_not_arrive_is_replaced_by_the_nearest_that_does() {
     assert_eq!(fallback(1, &[true, false, false]), 0);
     assert_eq!(fallback(0, &[false, false, true]), 2);
     assert_eq!(fallback(2, &[true, true, true]), 2);
-    assert_eq!(fallback(1, &[false, false, false]), 1, "nothing arrives: as wanted");
+    assert_eq!(
+        fallback(1, &[false, false, false]),
+        1,
+        "nothing arrives: as wanted"
+    );
 }
 
 #[test]
@@ -109,7 +121,10 @@ fn a_subscriber_gets_one_layer_from_its_keyframe_on_with_continuous_numbers() {
     }
     assert_eq!(layers_of(&got, SUB), [0; 6]);
     let seqs: Vec<u16> = got.iter().map(|g| g.2).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "{seqs:?}"
+    );
 }
 
 #[test]
@@ -129,7 +144,10 @@ fn a_larger_tile_switches_up_at_the_high_layers_keyframe() {
     // The low layer's packet of each frame comes first.
     assert_eq!(layers_of(&got, SUB), [0, 0, 0, 2, 2]);
     let seqs: Vec<u16> = got.iter().map(|g| g.2).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "{seqs:?}"
+    );
     assert_eq!(rig.fwd.current_layer(SUB), Some(2));
 }
 
@@ -175,7 +193,10 @@ fn a_paused_subscriber_gets_nothing_and_restarts_at_a_keyframe() {
     rig.fwd.set_paused(SUB, true);
     assert!(rig.frame(&[0, 1, 2], &[0, 1, 2]).is_empty());
     rig.fwd.set_paused(SUB, false);
-    assert!(rig.frame(&[0, 1, 2], &[]).is_empty(), "waits for a keyframe");
+    assert!(
+        rig.frame(&[0, 1, 2], &[]).is_empty(),
+        "waits for a keyframe"
+    );
     assert_eq!(rig.requests(), [2]);
     assert_eq!(layers_of(&rig.frame(&[0, 1, 2], &[2]), SUB), [2]);
 }

@@ -24,8 +24,10 @@ use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::ids::TrackId;
+use crate::media::allocator::Size;
 use crate::media::codec::MediaKind;
-use crate::media::forwarder::{DownTrackKey, Forwarder, ForwarderConfig};
+use crate::media::fanout::{Fanout, KeyframeFrom, SimulcastLayers};
+use crate::media::forwarder::{DownTrackKey, ForwarderConfig};
 use crate::media::sleep_until_opt;
 use crate::media::speaker::AudioLevel;
 use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters, Task, DELAY_SAMPLE_EVERY};
@@ -77,6 +79,12 @@ pub enum UpTrackCommand {
     SetPaused {
         key: DownTrackKey,
         paused: bool,
+    },
+    /// The size a subscriber shows the track at (None: as large as it comes); picks
+    /// the layer of a simulcast track.
+    SetShownSize {
+        key: DownTrackKey,
+        shown: Option<Size>,
     },
     KeyframeRequest {
         from: DownTrackKey,
@@ -160,6 +168,8 @@ pub struct UpTrack {
     pub source: Source,
     pub codec: RTCRtpCodec,
     pub config: ForwarderConfig,
+    /// The layers of a simulcast track; None for a track sent as one stream.
+    pub simulcast: Option<SimulcastLayers>,
     /// The id of the audio level header extension in the packets that arrive; None
     /// for video, or when the publisher did not negotiate it.
     pub audio_level_id: Option<u8>,
@@ -191,7 +201,7 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
 }
 
 struct Loop {
-    forwarder: Forwarder,
+    forwarder: Fanout,
     sinks: HashMap<DownTrackKey, Box<dyn DownTrackSink>>,
     /// Down-tracks paused now (hidden, or held back by last-N): of a cascaded track,
     /// only the others are demand on the link.
@@ -213,7 +223,7 @@ async fn run(
 ) {
     let kind = Kind::from(up.config.kind);
     let mut state = Loop {
-        forwarder: Forwarder::new(up.config),
+        forwarder: Fanout::new(up.config, up.simulcast),
         sinks: HashMap::new(),
         paused: HashSet::new(),
         out: Vec::new(),
@@ -229,8 +239,11 @@ async fn run(
     loop {
         let wake = state.forwarder.poll_timeout();
         tokio::select! {
-            packet = next_packet(&mut source) => match packet {
-                Some(packet) => state.forward(packet),
+            input = next_input(&mut source) => match input {
+                Some(Input::Rtp(packet)) => state.forward(packet),
+                Some(Input::Opened { ssrc, rid }) => {
+                    state.forwarder.stream_opened(ssrc, rid.as_deref());
+                }
                 None => break,
             },
             command = commands.recv() => match command {
@@ -248,12 +261,29 @@ async fn run(
     }
 }
 
-/// The next RTP packet of the track; `None` once it has ended.
-async fn next_packet(source: &mut Source) -> Option<Packet> {
+/// What a source delivers.
+enum Input {
+    Rtp(Packet),
+    /// One of the publisher's streams opened (one per simulcast layer), with its rid.
+    Opened {
+        ssrc: u32,
+        rid: Option<String>,
+    },
+}
+
+/// The next input of the track; `None` once it has ended.
+async fn next_input(source: &mut Source) -> Option<Input> {
     match source {
         Source::Peer { remote, .. } => loop {
             match remote.poll().await {
-                Some(TrackRemoteEvent::OnRtpPacket(packet)) => return Some(packet),
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) => return Some(Input::Rtp(packet)),
+                Some(TrackRemoteEvent::OnOpen(init)) => {
+                    let rid = init.rid.map(|rid| rid.to_string());
+                    return Some(Input::Opened {
+                        ssrc: init.ssrc,
+                        rid,
+                    });
+                }
                 Some(TrackRemoteEvent::OnEnded) | None => return None,
                 Some(_) => {}
             }
@@ -262,7 +292,7 @@ async fn next_packet(source: &mut Source) -> Option<Packet> {
             let mut raw = packets.recv().await?;
             // The link checked the framing only; a bad packet is dropped here.
             if let Ok(packet) = Packet::unmarshal(&mut raw) {
-                return Some(packet);
+                return Some(Input::Rtp(packet));
             }
         },
     }
@@ -358,6 +388,9 @@ impl Loop {
                 }
                 self.forwarder.set_paused(key, paused);
             }
+            UpTrackCommand::SetShownSize { key, shown } => {
+                self.forwarder.set_shown_size(now, key, shown)
+            }
             UpTrackCommand::KeyframeRequest { from } => {
                 self.forwarder.handle_keyframe_request(now, from)
             }
@@ -367,20 +400,23 @@ impl Loop {
     }
 
     async fn request_keyframe_if_due(&mut self, source: &Source) {
-        if !self.forwarder.poll_keyframe_request(Instant::now()) {
-            return;
-        }
-        match source {
-            Source::Peer { remote, media_ssrc } => {
-                let pli = PictureLossIndication {
-                    sender_ssrc: 0,
-                    media_ssrc: *media_ssrc,
-                };
-                // A failed write means the publisher is going away; the poll loop
-                // sees it next.
-                let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
+        while let Some(from) = self.forwarder.poll_keyframe_request(Instant::now()) {
+            match source {
+                Source::Peer { remote, media_ssrc } => {
+                    let media_ssrc = match from {
+                        KeyframeFrom::Track => *media_ssrc,
+                        KeyframeFrom::Ssrc(ssrc) => ssrc,
+                    };
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc,
+                    };
+                    // A failed write means the publisher is going away; the poll loop
+                    // sees it next.
+                    let _ = remote.write_rtcp(vec![Box::new(pli)]).await;
+                }
+                Source::Cascade { origin, .. } => origin.keyframe(),
             }
-            Source::Cascade { origin, .. } => origin.keyframe(),
         }
     }
 }

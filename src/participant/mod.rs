@@ -307,6 +307,7 @@ impl Participant {
                 source,
                 name,
                 muted,
+                layers,
             } => self.announce(
                 cid,
                 Announced {
@@ -314,6 +315,7 @@ impl Participant {
                     source,
                     name,
                     muted,
+                    layers,
                 },
             ),
             ClientMessage::UnpublishTrack { track_id } => self.unpublish(&track_id),
@@ -330,6 +332,11 @@ impl Participant {
             ClientMessage::Ping { id } => self.send(ServerMessage::Pong { id }),
             ClientMessage::Pin { participant_ids } => self.on_pin(participant_ids),
             ClientMessage::Hide { track_ids } => self.on_hide(track_ids),
+            ClientMessage::TrackSize {
+                track_id,
+                width,
+                height,
+            } => self.on_track_size(track_id, width, height),
             ClientMessage::Leave => {
                 self.outbox.close(CloseCode::Normal, "left");
                 self.leave(LeaveReason::ClientLeave, ctx);
@@ -427,6 +434,7 @@ fn kind_of(msg: &ClientMessage) -> &'static str {
         ClientMessage::Ping { .. } => "ping",
         ClientMessage::Pin { .. } => "pin",
         ClientMessage::Hide { .. } => "hide",
+        ClientMessage::TrackSize { .. } => "track_size",
         ClientMessage::Leave => "leave",
     }
 }

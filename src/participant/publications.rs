@@ -13,11 +13,13 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use super::peer::audio_level_id;
 use super::Participant;
 use crate::ids::TrackId;
+use crate::media::allocator::{Size, MAX_LAYERS};
 use crate::media::codec::{MediaKind, VideoCodec};
+use crate::media::fanout::SimulcastLayers;
 use crate::media::forwarder::ForwarderConfig;
 use crate::media::uptrack::{self, Source, UpTrack, UpTrackCommand, UpTrackHandle};
 use crate::room::messages::{PublishTrack, SetTrackMuted, UnpublishTrack};
-use crate::signal::protocol::{ErrorCode, TrackInfo, TrackKind, TrackSource};
+use crate::signal::protocol::{ErrorCode, LayerInfo, TrackInfo, TrackKind, TrackSource};
 
 /// The most tracks one participant may have described but not yet sent.
 const MAX_ANNOUNCED: usize = 32;
@@ -29,6 +31,71 @@ pub struct Announced {
     pub source: TrackSource,
     pub name: String,
     pub muted: bool,
+    /// Simulcast encodings, lowest first; empty for a track sent as one stream.
+    pub layers: Vec<LayerInfo>,
+}
+
+/// The longest rid accepted (RFC 8851 allows more; browsers use one or two letters).
+const MAX_RID_LEN: usize = 16;
+
+/// The largest picture side accepted, in pixels.
+pub const MAX_PICTURE_SIDE: u32 = 16_384;
+
+/// Why a `publish_track`'s layers are refused, or None when they are fine.
+fn layers_problem(kind: TrackKind, layers: &[LayerInfo]) -> Option<String> {
+    if layers.is_empty() {
+        return None;
+    }
+    if kind != TrackKind::Video {
+        return Some("only video is sent in layers".into());
+    }
+    if !(2..=MAX_LAYERS).contains(&layers.len()) {
+        return Some(format!("a simulcast track has 2 to {MAX_LAYERS} layers"));
+    }
+    let rid_ok = |rid: &str| {
+        (1..=MAX_RID_LEN).contains(&rid.len())
+            && rid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if let Some(bad) = layers.iter().find(|l| !rid_ok(&l.rid)) {
+        return Some(format!(
+            "rid {:?} is not 1 to {MAX_RID_LEN} letters, digits, - or _",
+            bad.rid
+        ));
+    }
+    let side_ok = |side: u32| (1..=MAX_PICTURE_SIDE).contains(&side);
+    if layers
+        .iter()
+        .any(|l| !side_ok(l.width) || !side_ok(l.height))
+    {
+        return Some(format!(
+            "layer sizes are 1 to {MAX_PICTURE_SIDE} pixels a side"
+        ));
+    }
+    for (i, pair) in layers.windows(2).enumerate() {
+        if pair[0].rid == pair[1].rid || layers[..i].iter().any(|l| l.rid == pair[1].rid) {
+            return Some(format!("rid {:?} appears twice", pair[1].rid));
+        }
+        if pair[1].width < pair[0].width || pair[1].height < pair[0].height {
+            return Some("layers go from the smallest to the largest".into());
+        }
+    }
+    None
+}
+
+/// The up-track's view of announced layers.
+fn simulcast_layers(layers: &[LayerInfo]) -> Option<SimulcastLayers> {
+    (!layers.is_empty()).then(|| SimulcastLayers {
+        rids: layers.iter().map(|l| l.rid.clone()).collect(),
+        sizes: layers
+            .iter()
+            .map(|l| Size {
+                width: l.width,
+                height: l.height,
+            })
+            .collect(),
+    })
 }
 
 pub(super) struct Publication {
@@ -72,6 +139,9 @@ impl Participant {
                 "too many announced tracks",
                 "publish_track",
             );
+        }
+        if let Some(problem) = layers_problem(announced.kind, &announced.layers) {
+            return self.send_error(ErrorCode::BadJson, problem, "publish_track");
         }
         self.announced.insert(cid, announced);
     }
@@ -155,6 +225,7 @@ impl Participant {
             },
             codec: facts.codec.clone(),
             config: forwarder_config(facts.kind, &facts.codec.mime_type),
+            simulcast: simulcast_layers(&announced.layers),
             audio_level_id: facts.audio_level_id,
             metrics: self.node.metrics.clone(),
         };
@@ -230,6 +301,7 @@ fn default_announced(kind: TrackKind) -> Announced {
         source,
         name: String::new(),
         muted: false,
+        layers: Vec::new(),
     }
 }
 

@@ -22,8 +22,10 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::PeerConnection;
 use webrtc::rtp_transceiver::RtpSender;
 
+use super::publications::MAX_PICTURE_SIDE;
 use super::Participant;
 use crate::ids::{ParticipantId, TrackId};
+use crate::media::allocator::Size;
 use crate::media::downtrack::{self, DownTrackTasks};
 use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
@@ -49,6 +51,8 @@ pub(super) struct Subscription {
     /// Not forwarded for now (hidden, or last-N); applied to the down-track once it
     /// starts.
     paused: bool,
+    /// The size the client shows the track at (`track_size`); applied likewise.
+    shown: Option<Size>,
     local: Arc<dyn TrackLocal>,
     sender: Option<Arc<dyn RtpSender>>,
     /// Carried by a server offer; then answered by the client.
@@ -145,6 +149,7 @@ impl Participant {
             video: info.kind == TrackKind::Video,
             camera: is_camera(&info),
             paused: false,
+            shown: None,
             local: local.clone(),
             sender: None,
             offered: false,
@@ -239,6 +244,12 @@ impl Participant {
                 paused,
             });
         }
+        if sub.shown.is_some() {
+            sub.up.send(UpTrackCommand::SetShownSize {
+                key: sub.key,
+                shown: sub.shown,
+            });
+        }
         sub.tasks = Some(tasks);
         let track_id = negotiated.track_id;
         self.send(ServerMessage::Subscribed {
@@ -294,6 +305,25 @@ impl Participant {
         }
         self.pinned = participant_ids.into_iter().collect();
         self.apply_forwarding();
+    }
+
+    pub(super) fn on_track_size(&mut self, track_id: TrackId, width: u32, height: u32) {
+        let side_ok = |side: u32| (1..=MAX_PICTURE_SIDE).contains(&side);
+        if !side_ok(width) || !side_ok(height) {
+            let message = format!("width and height are 1 to {MAX_PICTURE_SIDE} pixels");
+            return self.send_error(ErrorCode::BadJson, message, "track_size");
+        }
+        let Some(sub) = self.subscriptions.get_mut(&track_id) else {
+            let message = format!("not subscribed to {track_id}");
+            return self.send_error(ErrorCode::UnknownTrack, message, "track_size");
+        };
+        sub.shown = Some(Size { width, height });
+        if sub.tasks.is_some() {
+            sub.up.send(UpTrackCommand::SetShownSize {
+                key: sub.key,
+                shown: sub.shown,
+            });
+        }
     }
 
     pub(super) fn on_hide(&mut self, track_ids: Vec<TrackId>) {

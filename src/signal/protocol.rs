@@ -33,6 +33,9 @@ pub enum ClientMessage {
         name: String,
         #[serde(default)]
         muted: bool,
+        /// Simulcast: the encodings the client sends, lowest first; empty for one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        layers: Vec<LayerInfo>,
     },
     /// The client stops publishing a track (it also removes it from its SDP).
     UnpublishTrack {
@@ -72,7 +75,22 @@ pub enum ClientMessage {
     Hide {
         track_ids: Vec<TrackId>,
     },
+    /// The size, in device pixels, at which the client shows a video track it
+    /// receives: of a simulcast track it is sent the largest layer that fits.
+    TrackSize {
+        track_id: TrackId,
+        width: u32,
+        height: u32,
+    },
     Leave,
+}
+
+/// One simulcast encoding a client sends: its `rid` and its picture size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub rid: String,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// What the server sends.
@@ -405,6 +423,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "ping",
     "pin",
     "hide",
+    "track_size",
     "leave",
 ];
 
@@ -485,6 +504,11 @@ mod tests {
             },
             ClientMessage::Hide {
                 track_ids: Vec::new(),
+            },
+            ClientMessage::TrackSize {
+                track_id: TrackId::from_string("TR_x".into()),
+                width: 640,
+                height: 360,
             },
         ];
         for msg in samples {

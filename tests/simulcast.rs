@@ -1,0 +1,223 @@
+//! Simulcast: a publisher sends three layers of its camera; each subscriber receives
+//! one, chosen by the size it shows the track at, as one continuous stream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{index_of, packet, Node};
+use relais::client::{Client, ClientEvent, LocalTrack};
+use relais::ids::TrackId;
+use relais::signal::protocol::{ClientMessage, ErrorCode, LayerInfo, ServerMessage, TrackKind};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// A layer's packets carry indices from `layer * LAYER_BASE` on.
+const LAYER_BASE: u64 = 1_000_000;
+
+fn layers() -> Vec<LayerInfo> {
+    [("q", 320, 180), ("h", 640, 360), ("f", 1280, 720)]
+        .into_iter()
+        .map(|(rid, width, height)| LayerInfo {
+            rid: rid.into(),
+            width,
+            height,
+        })
+        .collect()
+}
+
+/// Sends a frame of every layer every 10 ms, for at most a minute: a keyframe on each
+/// every 30 frames, and on all of them when the server asks for one.
+fn send_layers(camera: LocalTrack) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        for n in 0..6_000u64 {
+            ticker.tick().await;
+            let keyframe = n % 30 == 0 || camera.take_keyframe_request();
+            for layer in 0..camera.layers() {
+                let index = layer as u64 * LAYER_BASE + n;
+                // Nothing goes out before negotiation; later writes succeed.
+                let _ = camera
+                    .write_layer(layer, packet(TrackKind::Video, index, keyframe))
+                    .await;
+            }
+        }
+    })
+}
+
+/// One received packet: its layer and its sequence number as the subscriber sees it.
+async fn next_video(client: &mut Client, until: Instant) -> Option<(u64, u16)> {
+    loop {
+        match client.next_event(until).await? {
+            ClientEvent::Rtp { packet, .. } => {
+                let index = index_of(TrackKind::Video, &packet.payload)?;
+                return Some((index / LAYER_BASE, packet.header.sequence_number));
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Reads video until a packet of `layer` arrives, then `count` more; returns the
+/// (layer, sequence) of everything read from the first packet of `layer` on.
+async fn switch_to(client: &mut Client, layer: u64, count: usize) -> Vec<(u64, u16)> {
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut got = Vec::new();
+    while let Some(received) = next_video(client, until).await {
+        if got.is_empty() && received.0 != layer {
+            continue;
+        }
+        got.push(received);
+        if got.len() > count {
+            return got;
+        }
+    }
+    panic!("no layer {layer} within 15 s: {got:?}");
+}
+
+async fn video_track(client: &mut Client) -> TrackId {
+    client
+        .wait_for(Duration::from_secs(15), "the camera's video", |e| match e {
+            ClientEvent::Rtp { track_id, .. } => Some(track_id.clone()),
+            _ => None,
+        })
+        .await
+        .expect("video arrives")
+}
+
+fn size(track_id: &TrackId, width: u32, height: u32) -> ClientMessage {
+    ClientMessage::TrackSize {
+        track_id: track_id.clone(),
+        width,
+        height,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tile_size_picks_the_layer_and_numbering_stays_continuous() {
+    let node = Node::start();
+    let publisher = node.join("board", "presenter").await;
+    let camera = publisher
+        .publish_layers("cam", layers())
+        .await
+        .expect("publish in layers");
+    let sender = send_layers(camera);
+    let mut viewer = node.join("board", "viewer").await;
+    let track = video_track(&mut viewer).await;
+
+    // No size said: the highest layer.
+    let first = switch_to(&mut viewer, 2, 20).await;
+    assert!(first.iter().all(|(layer, _)| *layer == 2), "{first:?}");
+
+    // A small tile: the low layer, from its keyframe on, numbered on without a gap.
+    viewer
+        .send(size(&track, 320, 180))
+        .expect("send track_size");
+    let small = switch_to(&mut viewer, 0, 30).await;
+    assert!(small.iter().all(|(layer, _)| *layer == 0), "{small:?}");
+    // A large tile: the high layer again.
+    viewer
+        .send(size(&track, 1280, 720))
+        .expect("send track_size");
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut across = Vec::new();
+    while let Some(received) = next_video(&mut viewer, until).await {
+        across.push(received);
+        if across.iter().filter(|(layer, _)| *layer == 2).count() > 20 {
+            break;
+        }
+    }
+    let switched = across.iter().position(|(layer, _)| *layer == 2);
+    let switched = switched.expect("the high layer after a keyframe");
+    assert!(
+        across[..switched].iter().all(|(l, _)| *l == 0),
+        "{across:?}"
+    );
+    assert!(
+        across[switched..].iter().all(|(l, _)| *l == 2),
+        "{across:?}"
+    );
+    // One stream for the subscriber: sequence numbers go on by one across the switch.
+    let seqs: Vec<u16> = small.iter().chain(&across).map(|(_, seq)| *seq).collect();
+    let steps: Vec<u16> = seqs.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    assert!(steps.iter().all(|step| *step == 1), "{seqs:?}");
+    sender.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_viewers_of_one_camera_get_their_own_layers() {
+    let node = Node::start();
+    let publisher = node.join("board", "presenter").await;
+    let camera = publisher
+        .publish_layers("cam", layers())
+        .await
+        .expect("publish in layers");
+    let sender = send_layers(camera);
+    let mut small = node.join("board", "small").await;
+    let mut large = node.join("board", "large").await;
+    let track = video_track(&mut small).await;
+    small.send(size(&track, 400, 300)).expect("send track_size");
+    video_track(&mut large).await;
+    large.send(size(&track, 800, 600)).expect("send track_size");
+
+    let got_small = switch_to(&mut small, 0, 20).await;
+    assert!(
+        got_small.iter().all(|(layer, _)| *layer == 0),
+        "{got_small:?}"
+    );
+    let got_large = switch_to(&mut large, 1, 20).await;
+    assert!(
+        got_large.iter().all(|(layer, _)| *layer == 1),
+        "{got_large:?}"
+    );
+    sender.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_layers_and_sizes_are_refused_with_a_clear_error() {
+    let node = Node::start();
+    let mut client = node.join("board", "odd").await;
+    let mut twice = layers();
+    twice[1].rid = "q".into();
+    let mut shrinking = layers();
+    shrinking.swap(0, 2);
+    let cases = [
+        (vec![layers()[0].clone()], "2 to"),
+        (twice, "twice"),
+        (shrinking, "smallest to the largest"),
+    ];
+    for (layers, why) in cases {
+        let announce = ClientMessage::PublishTrack {
+            cid: "cam".into(),
+            kind: TrackKind::Video,
+            source: Default::default(),
+            name: String::new(),
+            muted: false,
+            layers,
+        };
+        client.send(announce).expect("send publish_track");
+        let error = client
+            .wait_for(Duration::from_secs(5), "an error", |e| match e {
+                ClientEvent::Server(ServerMessage::Error(body)) => Some(body.clone()),
+                _ => None,
+            })
+            .await
+            .expect("refused");
+        assert_eq!(error.code, ErrorCode::BadJson);
+        assert!(error.message.contains(why), "{}: {why}", error.message);
+    }
+    let unknown = TrackId::from_string("TR_nothing".into());
+    for (width, expected) in [(0, ErrorCode::BadJson), (640, ErrorCode::UnknownTrack)] {
+        client
+            .send(size(&unknown, width, 360))
+            .expect("send track_size");
+        let code = client
+            .wait_for(Duration::from_secs(5), "an error", |e| match e {
+                ClientEvent::Server(ServerMessage::Error(body)) => Some(body.code),
+                _ => None,
+            })
+            .await
+            .expect("refused");
+        assert_eq!(code, expected);
+    }
+}
