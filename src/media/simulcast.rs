@@ -60,6 +60,8 @@ pub struct SimulcastForwarder {
     /// When the first packet of any layer arrived: until [`LAYER_STALE_AFTER`] later,
     /// layers not seen yet are taken as about to arrive (encoders start them together).
     first_packet: Option<Instant>,
+    /// That start-up time is over and targets were set without it.
+    started: bool,
     /// Keyframe requests towards the publisher, one throttle per layer.
     throttles: Vec<KeyframeThrottle>,
     /// The latest instant passed in.
@@ -82,6 +84,7 @@ impl SimulcastForwarder {
             down_tracks: Vec::new(),
             seen: vec![None; count],
             first_packet: None,
+            started: false,
             throttles: (0..count)
                 .map(|_| KeyframeThrottle::new(keyframe_interval))
                 .collect(),
@@ -194,8 +197,10 @@ impl SimulcastForwarder {
     /// The layer to send a PLI for now, if any; call again until it says None.
     pub fn poll_keyframe_request(&mut self, now: Instant) -> Option<usize> {
         self.note_time(now);
-        if self.seen.iter().flatten().any(|at| !arriving(*at, now)) {
-            // A layer went quiet: down-tracks on it fall back to one that arrives.
+        let start_over = !self.started && self.first_packet.is_some_and(|t| !arriving(t, now));
+        if start_over || self.seen.iter().flatten().any(|at| !arriving(*at, now)) {
+            // Layers that never came or went quiet: fall back to ones that arrive.
+            self.started |= start_over;
             self.retarget(now);
         }
         self.collect_requests(now);
@@ -205,16 +210,19 @@ impl SimulcastForwarder {
     }
 
     /// When to call [`SimulcastForwarder::poll_keyframe_request`] next: a pending request,
-    /// or the moment an arriving layer would count as stopped.
+    /// the end of the start-up time, or the moment an arriving layer would count as
+    /// stopped.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let requests = self
             .throttles
             .iter()
             .filter_map(KeyframeThrottle::poll_timeout);
+        let start = self.first_packet.filter(|_| !self.started);
         let stale = self
             .seen
             .iter()
             .flatten()
+            .chain(start.as_ref())
             .map(|at| *at + LAYER_STALE_AFTER)
             .filter(|due| self.clock.is_none_or(|now| *due > now));
         requests.chain(stale).min()

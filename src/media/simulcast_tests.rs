@@ -186,6 +186,23 @@ fn when_the_wanted_layer_stops_the_subscriber_falls_back_and_returns() {
 }
 
 #[test]
+fn a_layer_that_never_comes_is_given_up_after_the_start() {
+    let mut rig = Rig::new();
+    rig.fwd.add_down_track(rig.now, SUB, 0xabc, 96);
+    // The encoder sends two layers only: the subscriber waits for the third at first,
+    // then takes the middle one.
+    let start = rig.now;
+    let mut requested = Vec::new();
+    while rig.now < start + LAYER_STALE_AFTER + Duration::from_millis(100) {
+        assert!(rig.frame(&[0, 1], &[]).is_empty());
+        assert!(rig.fwd.poll_timeout().is_some());
+        requested.extend(rig.requests());
+    }
+    assert!(requested.contains(&1), "{requested:?}");
+    assert_eq!(layers_of(&rig.frame(&[0, 1], &[1]), SUB), [1]);
+}
+
+#[test]
 fn a_paused_subscriber_gets_nothing_and_restarts_at_a_keyframe() {
     let mut rig = Rig::new();
     rig.fwd.add_down_track(rig.now, SUB, 0xabc, 96);
