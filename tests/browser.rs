@@ -135,6 +135,17 @@ fn two_participants_see_and_hear_each_other() {
     assert_eq!(video.participant_id.as_deref(), Some(ada_id.as_str()));
     let tiles: Vec<String> = grace.tiles().into_iter().map(|t| t.name).collect();
     assert_eq!(tiles, ["Grace Hopper (you)", "Ada Lovelace"]);
+
+    // The server is told the size of Ada's tile, to pick a layer by when she sends
+    // several: two 16:9 tiles side by side in an 800-pixel window.
+    let shown = wait(&[grace], "the tile size told", secs(10), |s| {
+        let told = s[0].sizes.iter().find(|t| t.track_id == video.track_id);
+        told.cloned()
+    });
+    assert!(
+        (300..=400).contains(&shown.width) && shown.height.abs_diff(shown.width * 9 / 16) <= 2,
+        "{shown:?}"
+    );
 }
 
 #[test]

@@ -26,6 +26,17 @@ pub struct Status {
     /// The dominant speaker the server announced.
     #[serde(default)]
     pub speaker: Option<String>,
+    /// The tile sizes of received videos, as told to the server.
+    #[serde(default)]
+    pub sizes: Vec<Shown>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Shown {
+    pub track_id: String,
+    pub width: u32,
+    pub height: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

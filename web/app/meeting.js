@@ -21,6 +21,8 @@ export const ROOM_NAME = /^[A-Za-z0-9._-]{1,128}$/;
 const STATS_EVERY_MS = 1000;
 /** A peer connection that stays disconnected this long is given up. */
 const DISCONNECTED_GRACE_MS = 15000;
+/** How long tile sizes must stay put before the server is told (a resize sends many). */
+const SIZE_SETTLE_MS = 300;
 const BACKOFF_MS = [300, 1000, 2000, 4000, 8000];
 const MAX_RECONNECT_ATTEMPTS = 25;
 
@@ -79,8 +81,11 @@ export class Meeting {
     this.outOfSight = false;
     /** The track ids last sent in `hide`, sorted and joined, as the server holds them. */
     this.hiddenSent = '';
+    /** Received videos' tile sizes: as the server holds them, and waiting to be sent. */
+    this.sizesSent = new Map();
+    this.sizesDue = new Map();
 
-    this.timers = { retry: null, stats: null, disconnected: null };
+    this.timers = { retry: null, stats: null, disconnected: null, sizes: null };
     this.sampler = new StatsSampler();
   }
 
@@ -170,6 +175,7 @@ export class Meeting {
     this.participants.clear();
     // A new session hides nothing until told; `changed` tells it again.
     this.hiddenSent = '';
+    this.sizesSent.clear();
     for (const p of msg.participants) this.addParticipant(p);
     for (const pub of Object.values(this.publications)) {
       if (pub) this.publish(pub);
@@ -477,6 +483,31 @@ export class Meeting {
     this.onChange();
   }
 
+  /**
+   * The size, in device pixels, at which a received video is shown: of a camera sent
+   * in layers the server picks the one that fits. Sent once the layout has settled.
+   */
+  showAt(trackId, width, height) {
+    const size = { width: Math.max(1, Math.round(width)), height: Math.max(1, Math.round(height)) };
+    const sent = this.sizesSent.get(trackId);
+    if (sent && sent.width === size.width && sent.height === size.height) {
+      this.sizesDue.delete(trackId);
+      return;
+    }
+    this.sizesDue.set(trackId, size);
+    clearTimeout(this.timers.sizes);
+    this.timers.sizes = setTimeout(() => this.sendSizes(), SIZE_SETTLE_MS);
+  }
+
+  sendSizes() {
+    if (this.state !== 'joined') return;
+    for (const [trackId, size] of this.sizesDue) {
+      this.sizesSent.set(trackId, size);
+      this.conn?.send({ type: 'track_size', track_id: trackId, ...size });
+    }
+    this.sizesDue.clear();
+  }
+
   /** The page went out of sight or came back. */
   setOutOfSight(hidden) {
     this.outOfSight = hidden;
@@ -532,6 +563,7 @@ export class Meeting {
       speaker: this.speaker,
       speakers: this.speakers,
       pinned: [...this.pinned],
+      sizes: [...this.sizesSent].map(([trackId, size]) => ({ trackId, ...size })),
       error: this.error,
     });
   }

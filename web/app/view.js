@@ -63,6 +63,18 @@ export class View {
     this.renderControls(meeting);
     this.syncTiles(tilesOf(meeting));
     this.syncSinks(meeting);
+    this.meeting = meeting;
+    this.reportSizes();
+  }
+
+  /** Tells the meeting the size, in device pixels, of every received video's tile. */
+  reportSizes() {
+    const scale = window.devicePixelRatio || 1;
+    for (const el of this.tiles.values()) {
+      const { trackId } = el.dataset;
+      if (!trackId || el.clientWidth === 0) continue;
+      this.meeting?.showAt(trackId, el.clientWidth * scale, el.clientHeight * scale);
+    }
   }
 
   renderControls(meeting) {
@@ -150,6 +162,7 @@ export class View {
       best = Math.max(best, w);
     }
     stage.style.setProperty('--tile-width', `${Math.floor(best)}px`);
+    this.reportSizes();
   }
 }
 
@@ -178,13 +191,13 @@ function tilesOf(meeting) {
     const camera = mine.find((r) => sourceOf(r) !== 'screen_share');
     const cameraInfo = camera && p.tracks.get(camera.trackId);
     tiles.push({
-      key: p.id, participantId: p.id, name,
+      key: p.id, participantId: p.id, name, trackId: camera?.trackId,
       video: camera && !cameraInfo?.muted && !camera.paused ? camera.track : null,
       micOff: !mic || mic.muted, speaking: meeting.speaker === p.id,
       pinned: meeting.pinned.has(p.id),
     });
     for (const share of mine.filter((r) => sourceOf(r) === 'screen_share')) {
-      tiles.push({ key: `${p.id}:${share.trackId}`, participantId: p.id,
+      tiles.push({ key: `${p.id}:${share.trackId}`, participantId: p.id, trackId: share.trackId,
         name: `${name}'s screen`, screen: true, video: share.track });
     }
   }
@@ -211,6 +224,9 @@ function createTile() {
 function updateTile(el, tile) {
   el.dataset.key = tile.key;
   if (tile.participantId) el.dataset.participant = tile.participantId;
+  // A received video's tile reports its size, so that the server sends a layer to fit.
+  if (tile.trackId && tile.video) el.dataset.trackId = tile.trackId;
+  else delete el.dataset.trackId;
   el.classList.toggle('local', Boolean(tile.local));
   el.classList.toggle('screen', Boolean(tile.screen));
   el.classList.toggle('speaking', Boolean(tile.speaking));
