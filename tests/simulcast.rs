@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{index_of, packet, Node};
+use common::etcd::Etcd;
+use common::{index_of, packet, wait_for, Node};
 use relais::client::{Client, ClientEvent, LocalTrack};
 use relais::ids::TrackId;
 use relais::signal::protocol::{ClientMessage, ErrorCode, LayerInfo, ServerMessage, TrackKind};
@@ -220,4 +221,37 @@ async fn bad_layers_and_sizes_are_refused_with_a_clear_error() {
             .expect("refused");
         assert_eq!(code, expected);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_in_layers_crosses_to_another_node_as_one_stream() {
+    let etcd = Etcd::start();
+    let nodes: Vec<Node> = ["n0", "n1"]
+        .iter()
+        .map(|id| Node::start_clustered(&etcd.endpoint(), id, "r", "lease_ttl_secs = 2\n"))
+        .collect();
+    wait_for(Duration::from_secs(10), "membership", || {
+        let (_, listing) = nodes[0].admin("GET", "/admin/nodes");
+        (listing["nodes"].as_array().map(Vec::len) == Some(2)).then_some(())
+    });
+    for node in &nodes {
+        node.wait_ready();
+    }
+    let publisher = nodes[0].join_with("board", "presenter", false).await;
+    let camera = publisher
+        .publish_layers("cam", layers())
+        .await
+        .expect("publish in layers");
+    let sender = send_layers(camera);
+    let mut viewer = nodes[1].join_with("board", "remote", true).await;
+    // The link carries the highest layer that arrives; the far node forwards it on
+    // as it came, whatever the size its viewer shows it at.
+    let got = switch_to(&mut viewer, 2, 30).await;
+    assert!(got.iter().all(|(layer, _)| *layer == 2), "{got:?}");
+    let seqs: Vec<u16> = got.iter().map(|(_, seq)| *seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "{seqs:?}"
+    );
+    sender.abort();
 }
