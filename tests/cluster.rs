@@ -475,7 +475,16 @@ async fn operators_act_on_a_room_through_any_node_and_stale_epochs_are_refused()
         "{view}"
     );
 
-    // Removing a participant through the other node is forwarded to the owner.
+    // Removing a participant through the other node is forwarded to the owner, once
+    // the owner has heard of her from her node's shard.
+    wait_for(Duration::from_secs(5), "lee known to the owner", || {
+        let (_, room) = owner_node.admin("GET", "/admin/rooms/town-hall");
+        let participants = room["participants"].as_array().cloned().unwrap_or_default();
+        participants
+            .iter()
+            .any(|p| p["identity"] == "lee")
+            .then_some(())
+    });
     let (status, body) = other.admin("DELETE", "/admin/rooms/town-hall/participants/lee");
     assert_eq!(status, 200, "{body}");
     let reason = removed
