@@ -133,11 +133,6 @@ impl SimulcastForwarder {
         self.retarget(now);
     }
 
-    /// Number of down-tracks, paused or not.
-    pub fn down_track_count(&self) -> usize {
-        self.down_tracks.len()
-    }
-
     /// The layer a down-track is being sent, if it has started.
     pub fn current_layer(&self, key: DownTrackKey) -> Option<usize> {
         let dt = self.down_tracks.iter().find(|dt| dt.key == key)?;
