@@ -224,7 +224,7 @@ async fn bad_layers_and_sizes_are_refused_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_camera_in_layers_crosses_to_another_node_as_one_stream() {
+async fn a_camera_in_layers_crosses_to_another_node_in_the_layer_its_tiles_need() {
     let etcd = Etcd::start();
     let nodes: Vec<Node> = ["n0", "n1"]
         .iter()
@@ -244,11 +244,34 @@ async fn a_camera_in_layers_crosses_to_another_node_as_one_stream() {
         .expect("publish in layers");
     let sender = send_layers(camera);
     let mut viewer = nodes[1].join_with("board", "remote", true).await;
-    // The link carries the highest layer that arrives; the far node forwards it on
-    // as it came, whatever the size its viewer shows it at.
-    let got = switch_to(&mut viewer, 2, 30).await;
-    assert!(got.iter().all(|(layer, _)| *layer == 2), "{got:?}");
-    let seqs: Vec<u16> = got.iter().map(|(_, seq)| *seq).collect();
+    // Before its viewer says a size, the link carries the highest layer.
+    let track = video_track(&mut viewer).await;
+    let large = switch_to(&mut viewer, 2, 30).await;
+    assert!(large.iter().all(|(layer, _)| *layer == 2), "{large:?}");
+    // A small tile on n1: n0 sends the low layer over the link instead, and the
+    // viewer sees one stream throughout.
+    viewer
+        .send(size(&track, 320, 180))
+        .expect("send track_size");
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut across = large;
+    while let Some(received) = next_video(&mut viewer, until).await {
+        across.push(received);
+        if across.iter().filter(|(layer, _)| *layer == 0).count() > 20 {
+            break;
+        }
+    }
+    let switched = across.iter().position(|(layer, _)| *layer == 0);
+    let switched = switched.expect("the low layer after a keyframe");
+    assert!(
+        across[..switched].iter().all(|(l, _)| *l == 2),
+        "{across:?}"
+    );
+    assert!(
+        across[switched..].iter().all(|(l, _)| *l == 0),
+        "{across:?}"
+    );
+    let seqs: Vec<u16> = across.iter().map(|(_, seq)| *seq).collect();
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
         "{seqs:?}"

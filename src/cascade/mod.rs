@@ -32,6 +32,7 @@ use rtc::shared::marshal::Marshal;
 use tokio::sync::mpsc;
 
 use crate::ids::TrackId;
+use crate::media::allocator::Size;
 use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{
     self, CascadeOrigin, DownTrackSink, Offer, PacketMeta, Source, UpTrack, UpTrackCommand,
@@ -137,6 +138,15 @@ impl CascadeOrigin for ImportOrigin {
         let message = Control::Keyframe {
             room: self.room.clone(),
             track: self.track.clone(),
+        };
+        self.cascade.links.send(&self.peer, &message);
+    }
+
+    fn shown(&self, size: Option<Size>) {
+        let message = Control::Size {
+            room: self.room.clone(),
+            track: self.track.clone(),
+            shown: size.map(|s| [s.width, s.height]),
         };
         self.cascade.links.send(&self.peer, &message);
     }

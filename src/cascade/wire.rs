@@ -72,6 +72,14 @@ pub enum Control {
     },
     /// A subscriber on the sender's side needs a keyframe of `track`.
     Keyframe { room: String, track: TrackId },
+    /// The largest tile, `[width, height]` in pixels, at which subscribers on the
+    /// sender's side show `track` (None: one wants it as large as it comes): of a
+    /// simulcast track, the layer the link carries.
+    Size {
+        room: String,
+        track: TrackId,
+        shown: Option<[u32; 2]>,
+    },
     /// An operator removed `participant`; its node ends the session.
     Remove {
         room: String,
@@ -90,6 +98,7 @@ impl Control {
             | Control::Subscribe { room, .. }
             | Control::Unsubscribe { room, .. }
             | Control::Keyframe { room, .. }
+            | Control::Size { room, .. }
             | Control::Remove { room, .. } => Some(room),
         }
     }

@@ -277,6 +277,19 @@ impl SimulcastForwarder {
     }
 }
 
+/// What several subscribers showing one track at `sizes` need together: None (as
+/// large as it comes) when one has said no size, else the widest and tallest.
+pub fn largest_shown(mut sizes: impl Iterator<Item = Option<Size>>) -> Option<Size> {
+    let first = sizes.next()??;
+    sizes.try_fold(first, |largest, size| {
+        let size = size?;
+        Some(Size {
+            width: largest.width.max(size.width),
+            height: largest.height.max(size.height),
+        })
+    })
+}
+
 fn arriving(last: Instant, now: Instant) -> bool {
     now.saturating_duration_since(last) < LAYER_STALE_AFTER
 }

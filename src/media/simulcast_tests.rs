@@ -95,6 +95,18 @@ fn the_shown_size_picks_the_largest_layer_that_fits_inside_it() {
 }
 
 #[test]
+fn subscribers_together_need_the_widest_and_tallest_size_or_the_largest_layer() {
+    let one = |w, h| Some(size(w, h));
+    assert_eq!(largest_shown([one(320, 180)].into_iter()), one(320, 180));
+    assert_eq!(
+        largest_shown([one(320, 400), one(640, 180)].into_iter()),
+        one(640, 400)
+    );
+    assert_eq!(largest_shown([one(320, 180), None].into_iter()), None);
+    assert_eq!(largest_shown(std::iter::empty()), None);
+}
+
+#[test]
 fn a_layer_that_does_not_arrive_is_replaced_by_the_nearest_that_does() {
     assert_eq!(fallback(2, &[true, true, false]), 1);
     assert_eq!(fallback(1, &[true, false, false]), 0);

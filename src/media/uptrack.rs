@@ -28,6 +28,7 @@ use crate::media::allocator::Size;
 use crate::media::codec::MediaKind;
 use crate::media::fanout::{Fanout, KeyframeFrom, SimulcastLayers};
 use crate::media::forwarder::{DownTrackKey, ForwarderConfig};
+use crate::media::simulcast::largest_shown;
 use crate::media::sleep_until_opt;
 use crate::media::speaker::AudioLevel;
 use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters, Task, DELAY_SAMPLE_EVERY};
@@ -159,6 +160,9 @@ pub trait CascadeOrigin: Send + Sync {
     /// stops (removed or paused).
     fn demand(&self, wanted: bool);
     fn keyframe(&self);
+    /// The largest size a down-track here shows the track at, or None when one wants
+    /// it as large as it comes; told when it changes while the track is wanted.
+    fn shown(&self, size: Option<Size>);
 }
 
 /// Everything the task needs; built by the publisher's participant, or by a room
@@ -206,6 +210,10 @@ struct Loop {
     /// Down-tracks paused now (hidden, or held back by last-N): of a cascaded track,
     /// only the others are demand on the link.
     paused: HashSet<DownTrackKey>,
+    /// The size each down-track is shown at, as its subscriber said; None: not said.
+    shown: HashMap<DownTrackKey, Option<Size>>,
+    /// Of a cascaded track, the size the origin was last told while it was wanted.
+    told: Option<Option<Size>>,
     out: Vec<(DownTrackKey, Packet)>,
     counters: Arc<UpTrackCounters>,
     /// Packets and bytes received from the publisher.
@@ -226,6 +234,8 @@ async fn run(
         forwarder: Fanout::new(up.config, up.simulcast),
         sinks: HashMap::new(),
         paused: HashSet::new(),
+        shown: HashMap::new(),
+        told: None,
         out: Vec::new(),
         counters,
         received: up
@@ -348,14 +358,34 @@ impl Loop {
         self.sinks.keys().any(|key| !self.paused.contains(key))
     }
 
+    /// The largest size a down-track that takes packets is shown at.
+    fn largest_shown(&self) -> Option<Size> {
+        let taking = self
+            .shown
+            .iter()
+            .filter(|(key, _)| !self.paused.contains(*key));
+        largest_shown(taking.map(|(_, size)| *size))
+    }
+
     fn apply(&mut self, command: UpTrackCommand, source: &Source) {
         let was_wanted = self.wanted();
         self.apply_to_forwarder(command);
         let wanted = self.wanted();
-        if let Source::Cascade { origin, .. } = source {
-            if wanted != was_wanted {
-                origin.demand(wanted);
-            }
+        let Source::Cascade { origin, .. } = source else {
+            return;
+        };
+        if wanted != was_wanted {
+            origin.demand(wanted);
+        }
+        if !wanted {
+            // A new subscription at the origin starts at the largest layer.
+            self.told = None;
+            return;
+        }
+        let largest = self.largest_shown();
+        if self.told != Some(largest) {
+            origin.shown(largest);
+            self.told = Some(largest);
         }
     }
 
@@ -370,11 +400,13 @@ impl Loop {
             } => {
                 self.sinks.insert(key, sink);
                 self.paused.remove(&key);
+                self.shown.insert(key, None);
                 self.forwarder.add_down_track(now, key, ssrc, payload_type);
             }
             UpTrackCommand::RemoveDownTrack { key } => {
                 self.sinks.remove(&key);
                 self.paused.remove(&key);
+                self.shown.remove(&key);
                 self.forwarder.remove_down_track(key);
             }
             UpTrackCommand::SetPaused { key, paused } => {
@@ -389,6 +421,9 @@ impl Loop {
                 self.forwarder.set_paused(key, paused);
             }
             UpTrackCommand::SetShownSize { key, shown } => {
+                if let Some(entry) = self.shown.get_mut(&key) {
+                    *entry = shown;
+                }
                 self.forwarder.set_shown_size(now, key, shown)
             }
             UpTrackCommand::KeyframeRequest { from } => {

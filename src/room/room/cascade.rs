@@ -14,12 +14,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
-use super::Room;
+use super::{Published, Room};
 use crate::cascade::wire::{CodecInfo, Control, RemoteTrack};
 use crate::cascade::{self, ImportOrigin};
 use crate::cluster::{ClusterCounters, Epoch, NodeInfo};
 use crate::ids::{ParticipantId, TrackId};
+use crate::media::allocator::Size;
+use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
+use crate::participant::publications::MAX_PICTURE_SIDE;
 use crate::room::messages::{RoomEvent, SetEpoch, ShardPeers};
 use crate::signal::protocol::{LeaveReason, ParticipantInfo, TrackInfo, TrackKind};
 
@@ -345,13 +348,18 @@ impl Room {
                 }
             }
             Control::Keyframe { track, .. } => {
-                let from = self
-                    .exports
-                    .iter()
-                    .find(|((node, _), (t, _))| node == peer && *t == track)
-                    .map(|(_, (_, key))| *key);
-                if let (Some(from), Some(t)) = (from, self.tracks.get(&track)) {
+                if let Some((from, t)) = self.export_of(peer, &track) {
                     t.handle.send(UpTrackCommand::KeyframeRequest { from });
+                }
+            }
+            Control::Size { track, shown, .. } => {
+                // A size no tile has is taken as none said: the largest layer.
+                let side_ok = |side: u32| (1..=MAX_PICTURE_SIDE).contains(&side);
+                let shown = shown
+                    .filter(|[w, h]| side_ok(*w) && side_ok(*h))
+                    .map(|[width, height]| Size { width, height });
+                if let Some((key, t)) = self.export_of(peer, &track) {
+                    t.handle.send(UpTrackCommand::SetShownSize { key, shown });
                 }
             }
             Control::Remove {
@@ -370,6 +378,16 @@ impl Room {
             }
             Control::Hello { .. } => {}
         }
+    }
+
+    /// The down-track that exports `track` to `peer`, and the track's entry here.
+    fn export_of(&self, peer: &str, track: &TrackId) -> Option<(DownTrackKey, &Published)> {
+        let key = self
+            .exports
+            .iter()
+            .find(|((node, _), (t, _))| node == peer && t == track)
+            .map(|(_, (_, key))| *key)?;
+        Some((key, self.tracks.get(track)?))
     }
 
     fn export(&mut self, peer: &str, track: &TrackId, channel: u64) {
