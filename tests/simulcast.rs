@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::Etcd;
-use common::{index_of, packet, wait_for, Node};
+use common::{index_of, packet, Node};
 use relais::client::{Client, ClientEvent, LocalTrack};
 use relais::ids::TrackId;
 use relais::signal::protocol::{ClientMessage, ErrorCode, LayerInfo, ServerMessage, TrackKind};
@@ -46,6 +46,16 @@ fn send_layers(camera: LocalTrack) -> JoinHandle<()> {
     })
 }
 
+/// A presenter in room `board` on `node`, sending its camera in three layers.
+async fn present(node: &Node) -> (Client, JoinHandle<()>) {
+    let publisher = node.join_with("board", "presenter", false).await;
+    let camera = publisher
+        .publish_layers("cam", layers())
+        .await
+        .expect("publish in layers");
+    (publisher, send_layers(camera))
+}
+
 /// One received packet: its layer and its sequence number as the subscriber sees it.
 async fn next_video(client: &mut Client, until: Instant) -> Option<(u64, u16)> {
     loop {
@@ -76,6 +86,33 @@ async fn switch_to(client: &mut Client, layer: u64, count: usize) -> Vec<(u64, u
     panic!("no layer {layer} within 15 s: {got:?}");
 }
 
+/// Reads video until more than 20 packets of layer `to` came, after `before` (what
+/// was read already); checks that the layer changed once, from `from` to `to`, and
+/// that the subscriber's sequence numbers went on by one throughout.
+async fn switch_across(client: &mut Client, before: Vec<(u64, u16)>, from: u64, to: u64) {
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut across = before;
+    while let Some(received) = next_video(client, until).await {
+        across.push(received);
+        if across.iter().filter(|(layer, _)| *layer == to).count() > 20 {
+            break;
+        }
+    }
+    let switched = across.iter().position(|(layer, _)| *layer == to);
+    let switched = switched.unwrap_or_else(|| panic!("no layer {to} after a keyframe"));
+    assert!(
+        across[..switched].iter().all(|(l, _)| *l == from),
+        "{across:?}"
+    );
+    assert!(
+        across[switched..].iter().all(|(l, _)| *l == to),
+        "{across:?}"
+    );
+    let seqs: Vec<u16> = across.iter().map(|(_, seq)| *seq).collect();
+    let steps: Vec<u16> = seqs.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    assert!(steps.iter().all(|step| *step == 1), "{seqs:?}");
+}
+
 async fn video_track(client: &mut Client) -> TrackId {
     client
         .wait_for(Duration::from_secs(15), "the camera's video", |e| match e {
@@ -97,12 +134,7 @@ fn size(track_id: &TrackId, width: u32, height: u32) -> ClientMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tile_size_picks_the_layer_and_numbering_stays_continuous() {
     let node = Node::start();
-    let publisher = node.join("board", "presenter").await;
-    let camera = publisher
-        .publish_layers("cam", layers())
-        .await
-        .expect("publish in layers");
-    let sender = send_layers(camera);
+    let (_publisher, sender) = present(&node).await;
     let mut viewer = node.join("board", "viewer").await;
     let track = video_track(&mut viewer).await;
 
@@ -120,40 +152,15 @@ async fn the_tile_size_picks_the_layer_and_numbering_stays_continuous() {
     viewer
         .send(size(&track, 1280, 720))
         .expect("send track_size");
-    let until = Instant::now() + Duration::from_secs(15);
-    let mut across = Vec::new();
-    while let Some(received) = next_video(&mut viewer, until).await {
-        across.push(received);
-        if across.iter().filter(|(layer, _)| *layer == 2).count() > 20 {
-            break;
-        }
-    }
-    let switched = across.iter().position(|(layer, _)| *layer == 2);
-    let switched = switched.expect("the high layer after a keyframe");
-    assert!(
-        across[..switched].iter().all(|(l, _)| *l == 0),
-        "{across:?}"
-    );
-    assert!(
-        across[switched..].iter().all(|(l, _)| *l == 2),
-        "{across:?}"
-    );
     // One stream for the subscriber: sequence numbers go on by one across the switch.
-    let seqs: Vec<u16> = small.iter().chain(&across).map(|(_, seq)| *seq).collect();
-    let steps: Vec<u16> = seqs.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
-    assert!(steps.iter().all(|step| *step == 1), "{seqs:?}");
+    switch_across(&mut viewer, small, 0, 2).await;
     sender.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_viewers_of_one_camera_get_their_own_layers() {
     let node = Node::start();
-    let publisher = node.join("board", "presenter").await;
-    let camera = publisher
-        .publish_layers("cam", layers())
-        .await
-        .expect("publish in layers");
-    let sender = send_layers(camera);
+    let (_publisher, sender) = present(&node).await;
     let mut small = node.join("board", "small").await;
     let mut large = node.join("board", "large").await;
     let track = video_track(&mut small).await;
@@ -226,23 +233,8 @@ async fn bad_layers_and_sizes_are_refused_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_camera_in_layers_crosses_to_another_node_in_the_layer_its_tiles_need() {
     let etcd = Etcd::start();
-    let nodes: Vec<Node> = ["n0", "n1"]
-        .iter()
-        .map(|id| Node::start_clustered(&etcd.endpoint(), id, "r", "lease_ttl_secs = 2\n"))
-        .collect();
-    wait_for(Duration::from_secs(10), "membership", || {
-        let (_, listing) = nodes[0].admin("GET", "/admin/nodes");
-        (listing["nodes"].as_array().map(Vec::len) == Some(2)).then_some(())
-    });
-    for node in &nodes {
-        node.wait_ready();
-    }
-    let publisher = nodes[0].join_with("board", "presenter", false).await;
-    let camera = publisher
-        .publish_layers("cam", layers())
-        .await
-        .expect("publish in layers");
-    let sender = send_layers(camera);
+    let nodes = Node::cluster_of(&etcd.endpoint(), &["n0", "n1"], "lease_ttl_secs = 2\n");
+    let (_publisher, sender) = present(&nodes[0]).await;
     let mut viewer = nodes[1].join_with("board", "remote", true).await;
     // Before its viewer says a size, the link carries the highest layer.
     let track = video_track(&mut viewer).await;
@@ -253,28 +245,6 @@ async fn a_camera_in_layers_crosses_to_another_node_in_the_layer_its_tiles_need(
     viewer
         .send(size(&track, 320, 180))
         .expect("send track_size");
-    let until = Instant::now() + Duration::from_secs(15);
-    let mut across = large;
-    while let Some(received) = next_video(&mut viewer, until).await {
-        across.push(received);
-        if across.iter().filter(|(layer, _)| *layer == 0).count() > 20 {
-            break;
-        }
-    }
-    let switched = across.iter().position(|(layer, _)| *layer == 0);
-    let switched = switched.expect("the low layer after a keyframe");
-    assert!(
-        across[..switched].iter().all(|(l, _)| *l == 2),
-        "{across:?}"
-    );
-    assert!(
-        across[switched..].iter().all(|(l, _)| *l == 0),
-        "{across:?}"
-    );
-    let seqs: Vec<u16> = across.iter().map(|(_, seq)| *seq).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
-        "{seqs:?}"
-    );
+    switch_across(&mut viewer, large, 2, 0).await;
     sender.abort();
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::etcd::Etcd;
-use common::{packet, publish, send_packets, wait_for, Node};
+use common::{packet, publish, send_packets, Node};
 use relais::client::{Client, ClientEvent, LocalTrack};
 use relais::ids::{ParticipantId, TrackId};
 use relais::media::speaker::SILENT_DBOV;
@@ -148,17 +148,7 @@ async fn the_dominant_speaker_follows_who_talks_and_ignores_a_cough() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_speaker_on_one_node_is_heard_on_another() {
     let etcd = Etcd::start();
-    let nodes: Vec<Node> = ["n0", "n1"]
-        .iter()
-        .map(|id| Node::start_clustered(&etcd.endpoint(), id, "r", "lease_ttl_secs = 2\n"))
-        .collect();
-    wait_for(Duration::from_secs(10), "membership", || {
-        let (_, listing) = nodes[0].admin("GET", "/admin/nodes");
-        (listing["nodes"].as_array().map(Vec::len) == Some(2)).then_some(())
-    });
-    for node in &nodes {
-        node.wait_ready();
-    }
+    let nodes = Node::cluster_of(&etcd.endpoint(), &["n0", "n1"], "lease_ttl_secs = 2\n");
 
     let (alice, alice_id, alice_node) = joined_id(&nodes[0], "townhall", "alice").await;
     let (mut bob, _, bob_node) = joined_id(&nodes[1], "townhall", "bob").await;

@@ -232,6 +232,22 @@ impl Node {
         Self::start_with(&config)
     }
 
+    /// Nodes `ids` in region `r` on `etcd`, each listing all of them and ready.
+    pub fn cluster_of(etcd: &str, ids: &[&str], extra: &str) -> Vec<Node> {
+        let nodes: Vec<Node> = ids
+            .iter()
+            .map(|id| Node::start_clustered(etcd, id, "r", extra))
+            .collect();
+        wait_for(Duration::from_secs(10), "membership", || {
+            let (_, listing) = nodes[0].admin("GET", "/admin/nodes");
+            (listing["nodes"].as_array().map(Vec::len) == Some(ids.len())).then_some(())
+        });
+        for node in &nodes {
+            node.wait_ready();
+        }
+        nodes
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
