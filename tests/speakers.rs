@@ -22,6 +22,9 @@ use tokio::time::Instant;
 /// Loud speech, well above the detector's threshold.
 const TALKING_DBOV: u8 = 25;
 
+/// Louder still.
+const SHOUTING_DBOV: u8 = 10;
+
 /// A microphone that sends a packet every 20 ms at the level the test sets.
 struct Voice {
     level: Arc<AtomicU8>,
@@ -52,6 +55,11 @@ impl Voice {
 
     fn hush(&self) {
         self.level.store(SILENT_DBOV, Ordering::Relaxed);
+    }
+
+    /// Speaks louder than [`Voice::talk`].
+    fn shout(&self) {
+        self.level.store(SHOUTING_DBOV, Ordering::Relaxed);
     }
 }
 
@@ -245,7 +253,8 @@ async fn camera(client: &Client) -> JoinHandle<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_room_forwards_the_cameras_of_recent_speakers_and_pinned_ones() {
     // One camera forwarded in rooms of more than two.
-    let node = Node::start_with("[room]\nlast_n = 1\nlast_n_above = 2\n");
+    // One camera forwarded in rooms of more than two; every voice, quiet or not.
+    let node = Node::start_with("[room]\nlast_n = 1\nlast_n_above = 2\naudio_last_n = 0\n");
     let (alice, alice_id, _) = joined_id(&node, "plenary", "alice").await;
     let (bob, bob_id, _) = joined_id(&node, "plenary", "bob").await;
     let (mut carol, _, _) = joined_id(&node, "plenary", "carol").await;
@@ -389,4 +398,60 @@ async fn a_hidden_video_is_not_sent_and_returns_when_shown() {
 
     alice_camera.abort();
     drop((alice_voice, alice));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_room_forwards_only_the_loudest_voices() {
+    // Rooms of more than two are large, and forward one voice.
+    let node = Node::start_with("[room]\nlast_n = 0\nlast_n_above = 2\naudio_last_n = 1\n");
+    let (alice, alice_id, _) = joined_id(&node, "assembly", "alice").await;
+    let (bob, bob_id, _) = joined_id(&node, "assembly", "bob").await;
+    let (mut carol, _, _) = joined_id(&node, "assembly", "carol").await;
+    let mut seen = Seen::default();
+    let alice_voice = Voice::start(publish(&alice, "mic", TrackKind::Audio).await);
+    let bob_voice = Voice::start(publish(&bob, "mic", TrackKind::Audio).await);
+    // Both microphones reach carol's connection, bob's silence is not sent.
+    alice_voice.talk();
+    watch(
+        &mut carol,
+        &mut seen,
+        "both microphones and alice's voice",
+        |s| s.tracks.len() == 2 && s.received(&alice_id, TrackKind::Audio) > 0,
+    )
+    .await;
+    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
+    assert!(
+        seen.received(&alice_id, TrackKind::Audio) > 40,
+        "alice is heard"
+    );
+    assert_eq!(
+        seen.received(&bob_id, TrackKind::Audio),
+        0,
+        "silence is not"
+    );
+
+    // Bob speaks louder: he is heard, and alice no longer once her hangover passed.
+    bob_voice.shout();
+    count_for(&mut carol, &mut seen, Duration::from_millis(700)).await;
+    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
+    assert!(
+        seen.received(&bob_id, TrackKind::Audio) > 40,
+        "bob is heard"
+    );
+    assert_eq!(
+        seen.received(&alice_id, TrackKind::Audio),
+        0,
+        "alice is not"
+    );
+
+    // Bob stops: alice is the loudest voice again.
+    bob_voice.hush();
+    count_for(&mut carol, &mut seen, Duration::from_millis(700)).await;
+    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
+    assert!(
+        seen.received(&alice_id, TrackKind::Audio) > 40,
+        "alice again"
+    );
+    assert_eq!(seen.received(&bob_id, TrackKind::Audio), 0, "bob's silence");
+    drop((alice_voice, bob_voice, alice, bob));
 }

@@ -93,6 +93,11 @@ const ENV_VARS: &[EnvVar] = &[
         "a whole number",
     ),
     env_var(
+        "RELAIS_ROOM_AUDIO_LAST_N",
+        &["room.audio_last_n"],
+        "a whole number, 0 for every voice",
+    ),
+    env_var(
         "RELAIS_SIGNALING_MAX_MESSAGE_BYTES",
         &["signaling.max_message_bytes"],
         "bytes",
@@ -194,6 +199,7 @@ impl Config {
             "RELAIS_ROOM_MAX_PARTICIPANTS" => self.room.max_participants = parse_env(var, value)?,
             "RELAIS_ROOM_LAST_N" => self.room.last_n = parse_env(var, value)?,
             "RELAIS_ROOM_LAST_N_ABOVE" => self.room.last_n_above = parse_env(var, value)?,
+            "RELAIS_ROOM_AUDIO_LAST_N" => self.room.audio_last_n = parse_env(var, value)?,
             "RELAIS_SIGNALING_MAX_MESSAGE_BYTES" => {
                 self.signaling.max_message_bytes = parse_env(var, value)?;
             }

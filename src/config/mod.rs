@@ -276,6 +276,9 @@ pub struct RoomConfig {
     pub last_n: usize,
     /// Rooms of at most this many participants forward every camera; defaults to 20.
     pub last_n_above: usize,
+    /// In a room larger than `last_n_above`, the audio of only this many speakers, the
+    /// loudest, is forwarded; 0 forwards every voice. Defaults to 3.
+    pub audio_last_n: usize,
 }
 
 impl Default for RoomConfig {
@@ -285,6 +288,7 @@ impl Default for RoomConfig {
             max_participants: 100,
             last_n: 12,
             last_n_above: 20,
+            audio_last_n: 3,
         }
     }
 }

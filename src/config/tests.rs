@@ -293,11 +293,13 @@ fn env_room() {
         ("RELAIS_ROOM_MAX_PARTICIPANTS", "12"),
         ("RELAIS_ROOM_LAST_N", "4"),
         ("RELAIS_ROOM_LAST_N_ABOVE", "6"),
+        ("RELAIS_ROOM_AUDIO_LAST_N", "2"),
     ])
     .expect("ok");
     assert_eq!(config.room.empty_timeout, Duration::from_secs(5));
     assert_eq!(config.room.max_participants, 12);
     assert_eq!((config.room.last_n, config.room.last_n_above), (4, 6));
+    assert_eq!(config.room.audio_last_n, 2);
 }
 
 #[test]

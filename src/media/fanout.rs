@@ -91,6 +91,13 @@ impl Fanout {
         }
     }
 
+    /// A packet no down-track gets; see [`Forwarder::withhold`].
+    pub fn withhold(&mut self, now: Instant, packet: &Packet) {
+        if let Fanout::Single(forwarder) = self {
+            forwarder.withhold(now, packet);
+        }
+    }
+
     pub fn add_down_track(&mut self, now: Instant, key: DownTrackKey, ssrc: u32, payload_type: u8) {
         match self {
             Fanout::Single(f) => f.add_down_track(now, key, ssrc, payload_type),

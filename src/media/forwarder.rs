@@ -282,6 +282,8 @@ pub struct Forwarder {
     throttle: KeyframeThrottle,
     /// The latest instant passed in, for inputs that come without one (resume).
     clock: Option<Instant>,
+    /// Packets were withheld from every down-track since the last one forwarded.
+    withheld: bool,
     /// Counters.
     stats: ForwarderStats,
 }
@@ -295,8 +297,19 @@ impl Forwarder {
             upstream: None,
             throttle: KeyframeThrottle::new(cfg.keyframe_interval),
             clock: None,
+            withheld: false,
             stats: ForwarderStats::default(),
         }
+    }
+
+    /// One packet from the publisher that no down-track gets (audio last-N): counted
+    /// in, and the next packet forwarded continues every down-track's numbering
+    /// without a hole.
+    pub fn withhold(&mut self, now: Instant, packet: &Packet) {
+        self.note_time(now);
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += packet.payload.len() as u64;
+        self.withheld = true;
     }
 
     /// A subscriber's down-track, with its negotiated ssrc and payload type. For video the
@@ -356,6 +369,11 @@ impl Forwarder {
         self.note_time(now);
         self.stats.packets_in += 1;
         self.stats.bytes_in += packet.payload.len() as u64;
+        if std::mem::take(&mut self.withheld) {
+            for dt in &mut self.down_tracks {
+                dt.rewriter.continue_sequence();
+            }
+        }
         match self.observe_upstream(&packet.header) {
             Arrival::Straggler => return,
             Arrival::Changed => self.handle_source_change(),

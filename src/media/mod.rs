@@ -28,6 +28,7 @@ pub mod layers;
 pub mod rewrite;
 pub mod simulcast;
 pub mod speaker;
+pub mod voices;
 
 pub mod downtrack;
 pub mod feedback;

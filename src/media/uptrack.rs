@@ -31,6 +31,7 @@ use crate::media::forwarder::{DownTrackKey, ForwarderConfig};
 use crate::media::simulcast::largest_shown;
 use crate::media::sleep_until_opt;
 use crate::media::speaker::AudioLevel;
+use crate::media::voices::SharedVoices;
 use crate::metrics::{Direction, Kind, Metrics, Path, RtpCounters, Task, DELAY_SAMPLE_EVERY};
 use crate::room::speakers::LevelSink;
 
@@ -93,6 +94,10 @@ pub enum UpTrackCommand {
     /// Report the level of every audio packet here from now on.
     HearLevels {
         sink: LevelSink,
+    },
+    /// Forward only the packets the room's voices admit (audio last-N).
+    ChooseVoices {
+        voices: SharedVoices,
     },
     Stop,
 }
@@ -222,6 +227,9 @@ struct Loop {
     audio_level_id: Option<u8>,
     /// The room's speaker task, once the room asked to hear this track.
     levels: Option<LevelSink>,
+    /// The room's voices, once it chooses which to forward; keyed by this track.
+    voices: Option<(SharedVoices, TrackId)>,
+    track_id: TrackId,
 }
 
 async fn run(
@@ -244,6 +252,8 @@ async fn run(
         queue_drops: up.metrics.queue_drops(kind),
         audio_level_id: up.audio_level_id,
         levels: None,
+        voices: None,
+        track_id: up.track_id.clone(),
     };
     let mut source = up.source;
     loop {
@@ -316,6 +326,16 @@ impl Loop {
         // to a subscriber, and the subscriber's own interceptors add theirs.
         packet.header.extension = false;
         packet.header.extensions.clear();
+        if let (Some((voices, track)), Some(level)) = (&self.voices, audio_level) {
+            // A poisoned lock only means another up-track panicked mid-update.
+            let mut voices = voices.lock().unwrap_or_else(|e| e.into_inner());
+            if !voices.admit(track, now, level & 0x7f) {
+                drop(voices);
+                self.forwarder.withhold(now, &packet);
+                self.received.record(now, packet.payload.len());
+                return;
+            }
+        }
         self.out.clear();
         self.forwarder.handle_rtp(now, &packet, &mut self.out);
         self.received.record(now, packet.payload.len());
@@ -430,6 +450,9 @@ impl Loop {
                 self.forwarder.handle_keyframe_request(now, from)
             }
             UpTrackCommand::HearLevels { sink } => self.levels = Some(sink),
+            UpTrackCommand::ChooseVoices { voices } => {
+                self.voices = Some((voices, self.track_id.clone()));
+            }
             UpTrackCommand::Stop => {}
         }
     }

@@ -18,7 +18,7 @@ pub(crate) use forwarding::is_camera;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -31,6 +31,7 @@ use crate::ids::{ParticipantId, RoomName, TrackId};
 use crate::media::forwarder::DownTrackKey;
 use crate::media::last_n::LastN;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
+use crate::media::voices::{SharedVoices, Voices};
 use crate::room::messages::*;
 use crate::room::registry::RoomRegistry;
 use crate::room::speakers::Speakers;
@@ -95,6 +96,10 @@ pub struct Room {
     last_n: LastN<ParticipantId>,
     /// What participants were last told of it: `None` while every camera is.
     forwarded: Option<BTreeSet<ParticipantId>>,
+    /// Whose voices are forwarded in a large room, shared with the audio up-tracks.
+    voices: SharedVoices,
+    /// Rooms of more participants are large.
+    large_above: usize,
     closed: bool,
 }
 
@@ -118,6 +123,8 @@ impl Room {
             empty_timeout: settings.config.empty_timeout,
             last_n: LastN::new(settings.config.last_n, settings.config.last_n_above),
             forwarded: None,
+            voices: Arc::new(Mutex::new(Voices::new(settings.config.audio_last_n))),
+            large_above: settings.config.last_n_above,
             members: BTreeMap::new(),
             tracks: BTreeMap::new(),
             generation: 0,

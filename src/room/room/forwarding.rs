@@ -37,7 +37,11 @@ impl Room {
         );
         self.last_n.sync(cameras);
 
-        let forwarded = self.last_n.forwarded(self.members.len() + remote.len());
+        let size = self.members.len() + remote.len();
+        let mut voices = self.voices.lock().unwrap_or_else(|e| e.into_inner());
+        voices.set_choosing(size > self.large_above);
+        drop(voices);
+        let forwarded = self.last_n.forwarded(size);
         if forwarded == self.forwarded {
             return;
         }
