@@ -160,6 +160,8 @@ pub async fn run(
     deadline: Instant,
 ) -> ParticipantReport {
     let mut report = ParticipantReport::new(&plan);
+    // Where a few speak in turns, the node may forward only the loudest voices.
+    report.received.voices_chosen = shared.speakers.is_some();
     let opened = since_epoch();
     let mut session = match Session::join(&plan, &shared).await {
         Ok(session) => session,

@@ -60,6 +60,9 @@ pub struct SequenceTracker {
     held_back: u64,
     /// The server paused or resumed the track: the next gap is what it held back.
     gap_held_back: bool,
+    /// Every gap is what the server held back: the audio of a large room, where it
+    /// forwards only the loudest voices and withholds silence.
+    every_gap_held_back: bool,
 }
 
 impl SequenceTracker {
@@ -80,7 +83,7 @@ impl SequenceTracker {
             self.range = Some((first, sequence));
             self.received += 1;
             let skipped = advance - 1;
-            if skipped > 0 && self.gap_held_back {
+            if skipped > 0 && (self.gap_held_back || self.every_gap_held_back) {
                 self.gap_held_back = false;
                 self.held_back += skipped;
                 return Arrival::Ahead { skipped: 0 };
@@ -128,9 +131,10 @@ impl SequenceTracker {
         self.gap_held_back = true;
     }
 
-    /// Whether the server paused or resumed the track after its newest packet.
+    /// Whether the server paused or resumed the track after its newest packet, or may
+    /// hold any packet back.
     pub fn gap_pending(&self) -> bool {
-        self.gap_held_back
+        self.gap_held_back || self.every_gap_held_back
     }
 
     pub fn lost(&self) -> u64 {
@@ -166,6 +170,9 @@ pub struct ReceiveStats {
     pub unparsed: u64,
     /// Tracks the server says it does not forward now (last-N, or hidden).
     pub paused: HashSet<TrackId>,
+    /// The server chooses which voices to forward (audio last-N): audio gaps are not
+    /// loss.
+    pub voices_chosen: bool,
 }
 
 /// What one received packet was.
@@ -191,7 +198,10 @@ impl ReceiveStats {
                 stream: header.stream,
                 packets: 0,
                 bytes: 0,
-                sequence: SequenceTracker::default(),
+                sequence: SequenceTracker {
+                    every_gap_held_back: self.voices_chosen && kind == TrackKind::Audio,
+                    ..SequenceTracker::default()
+                },
             };
             self.tracks.insert(track.clone(), fresh);
         }
@@ -322,6 +332,25 @@ mod tests {
             live += t.record(sequence).loss_change();
         }
         assert_eq!((t.expected(), t.lost(), live), (7, 1, 1));
+    }
+
+    #[test]
+    fn where_voices_are_chosen_audio_gaps_are_held_back_and_video_gaps_lost() {
+        let mut stats = ReceiveStats {
+            voices_chosen: true,
+            ..ReceiveStats::default()
+        };
+        let (cam, mic) = (
+            TrackId::from_string("cam".into()),
+            TrackId::from_string("mic".into()),
+        );
+        for sequence in [0, 1, 5, 9] {
+            stats.record(&cam, &payload(true, sequence, 1), Duration::from_millis(2));
+            stats.record(&mic, &payload(false, sequence, 1), Duration::from_millis(2));
+        }
+        assert_eq!(stats.tracks[&cam].sequence.lost(), 6);
+        assert_eq!(stats.tracks[&mic].sequence.lost(), 0);
+        assert!(stats.tracks[&mic].sequence.gap_pending());
     }
 
     #[test]
