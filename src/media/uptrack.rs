@@ -227,8 +227,9 @@ struct Loop {
     audio_level_id: Option<u8>,
     /// The room's speaker task, once the room asked to hear this track.
     levels: Option<LevelSink>,
-    /// The room's voices, once it chooses which to forward; keyed by this track.
-    voices: Option<(SharedVoices, TrackId)>,
+    /// The room's voices, once it chooses which to forward.
+    voices: Option<SharedVoices>,
+    /// This track, as the room's voices know it.
     track_id: TrackId,
 }
 
@@ -326,11 +327,12 @@ impl Loop {
         // to a subscriber, and the subscriber's own interceptors add theirs.
         packet.header.extension = false;
         packet.header.extensions.clear();
-        if let (Some((voices, track)), Some(level)) = (&self.voices, audio_level) {
+        if let (Some(voices), Some(level)) = (&self.voices, audio_level) {
             // A poisoned lock only means another up-track panicked mid-update.
             let mut voices = voices.lock().unwrap_or_else(|e| e.into_inner());
-            if !voices.admit(track, now, level & 0x7f) {
-                drop(voices);
+            let admitted = voices.admit(&self.track_id, now, level & 0x7f);
+            drop(voices);
+            if !admitted {
                 self.forwarder.withhold(now, &packet);
                 self.received.record(now, packet.payload.len());
                 return;
@@ -450,9 +452,7 @@ impl Loop {
                 self.forwarder.handle_keyframe_request(now, from)
             }
             UpTrackCommand::HearLevels { sink } => self.levels = Some(sink),
-            UpTrackCommand::ChooseVoices { voices } => {
-                self.voices = Some((voices, self.track_id.clone()));
-            }
+            UpTrackCommand::ChooseVoices { voices } => self.voices = Some(voices),
             UpTrackCommand::Stop => {}
         }
     }
