@@ -400,6 +400,19 @@ async fn a_hidden_video_is_not_sent_and_returns_when_shown() {
     drop((alice_voice, alice));
 }
 
+/// The audio packets of each of `who` that `client` receives over a second, once
+/// `settle_ms` have passed for what a change left in flight or in its hangover.
+async fn voices_over_a_second(
+    client: &mut Client,
+    seen: &mut Seen,
+    who: [&ParticipantId; 2],
+    settle_ms: u64,
+) -> [u64; 2] {
+    count_for(client, seen, Duration::from_millis(settle_ms)).await;
+    count_for(client, seen, Duration::from_secs(1)).await;
+    who.map(|id| seen.received(id, TrackKind::Audio))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_room_forwards_only_the_loudest_voices() {
     // Rooms of more than two are large, and forward one voice.
@@ -419,39 +432,21 @@ async fn a_large_room_forwards_only_the_loudest_voices() {
         |s| s.tracks.len() == 2 && s.received(&alice_id, TrackKind::Audio) > 0,
     )
     .await;
-    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
-    assert!(
-        seen.received(&alice_id, TrackKind::Audio) > 40,
-        "alice is heard"
-    );
-    assert_eq!(
-        seen.received(&bob_id, TrackKind::Audio),
-        0,
-        "silence is not"
-    );
+    let heard = [&alice_id, &bob_id];
+    let [alice_heard, bob_heard] = voices_over_a_second(&mut carol, &mut seen, heard, 0).await;
+    assert!(alice_heard > 40, "alice is heard");
+    assert_eq!(bob_heard, 0, "silence is not");
 
     // Bob speaks louder: he is heard, and alice no longer once her hangover passed.
     bob_voice.shout();
-    count_for(&mut carol, &mut seen, Duration::from_millis(700)).await;
-    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
-    assert!(
-        seen.received(&bob_id, TrackKind::Audio) > 40,
-        "bob is heard"
-    );
-    assert_eq!(
-        seen.received(&alice_id, TrackKind::Audio),
-        0,
-        "alice is not"
-    );
+    let [alice_heard, bob_heard] = voices_over_a_second(&mut carol, &mut seen, heard, 700).await;
+    assert!(bob_heard > 40, "bob is heard");
+    assert_eq!(alice_heard, 0, "alice is not");
 
     // Bob stops: alice is the loudest voice again.
     bob_voice.hush();
-    count_for(&mut carol, &mut seen, Duration::from_millis(700)).await;
-    count_for(&mut carol, &mut seen, Duration::from_secs(1)).await;
-    assert!(
-        seen.received(&alice_id, TrackKind::Audio) > 40,
-        "alice again"
-    );
-    assert_eq!(seen.received(&bob_id, TrackKind::Audio), 0, "bob's silence");
+    let [alice_heard, bob_heard] = voices_over_a_second(&mut carol, &mut seen, heard, 700).await;
+    assert!(alice_heard > 40, "alice again");
+    assert_eq!(bob_heard, 0, "bob's silence");
     drop((alice_voice, bob_voice, alice, bob));
 }
