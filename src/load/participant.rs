@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use super::live::Live;
-use super::plan::{Planned, Role};
+use super::plan::{has_voice, Planned, Role};
 use super::report::ParticipantReport;
 use super::session::Session;
 use super::since_epoch;
@@ -207,7 +207,7 @@ async fn publish(
         seat: plan.seat,
         speakers,
     });
-    let speaks = voice.is_none_or(|v| v.seat < v.speakers);
+    let speaks = has_voice(plan.seat, shared.speakers);
     let (video, audio) = match session.publish(shared.audio && speaks).await {
         Ok(tracks) => tracks,
         Err(e) => {

@@ -80,6 +80,12 @@ pub fn participants(layout: &Layout) -> Vec<Planned> {
     planned
 }
 
+/// Whether the publisher in `seat` sends audio: every one does, unless only the first
+/// `speakers` of each room speak.
+pub fn has_voice(seat: usize, speakers: Option<usize>) -> bool {
+    speakers.is_none_or(|speakers| seat < speakers)
+}
+
 /// How many publishers a participant hears in a room of `publishers`: everyone but
 /// itself.
 pub fn publishers_heard(role: Role, publishers: usize) -> usize {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::live::Totals;
-use super::plan::{publishers_heard, Planned, Role};
+use super::plan::{has_voice, publishers_heard, Planned, Role};
 use super::procfs::{cpu_between, ProcSample};
 use super::stats::{per_second, quantile, ReceiveStats};
 use crate::signal::protocol::TrackKind;
@@ -217,7 +217,7 @@ fn expects_media(report: &ParticipantReport, scenario: &Scenario) -> (usize, boo
         None => heard,
         Some(speakers) => {
             let speakers = speakers.min(scenario.publishers);
-            let speaks = report.role == Role::Publisher && report.seat < speakers;
+            let speaks = report.role == Role::Publisher && has_voice(report.seat, Some(speakers));
             speakers - usize::from(speaks)
         }
     };
