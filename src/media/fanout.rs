@@ -125,6 +125,13 @@ impl Fanout {
         }
     }
 
+    pub fn is_paused(&self, key: DownTrackKey) -> bool {
+        match self {
+            Fanout::Single(f) => f.is_paused(key),
+            Fanout::Simulcast { forwarder, .. } => forwarder.is_paused(key),
+        }
+    }
+
     /// The size a subscriber shows the track at; only a simulcast track cares.
     pub fn set_shown_size(&mut self, now: Instant, key: DownTrackKey, shown: Option<Size>) {
         if let Fanout::Simulcast { forwarder, .. } = self {

@@ -353,6 +353,12 @@ impl Forwarder {
         }
     }
 
+    /// Whether the down-track is paused; false for one not here.
+    pub fn is_paused(&self, key: DownTrackKey) -> bool {
+        let dt = self.down_tracks.iter().find(|dt| dt.key == key);
+        dt.is_some_and(|dt| dt.state == State::Paused)
+    }
+
     /// Number of down-tracks, paused or not.
     pub fn down_track_count(&self) -> usize {
         self.down_tracks.len()

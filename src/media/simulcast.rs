@@ -133,6 +133,12 @@ impl SimulcastForwarder {
         self.retarget(now);
     }
 
+    /// Whether the down-track is paused; false for one not here.
+    pub fn is_paused(&self, key: DownTrackKey) -> bool {
+        let dt = self.down_tracks.iter().find(|dt| dt.key == key);
+        dt.is_some_and(|dt| dt.paused)
+    }
+
     /// The layer a down-track is being sent, if it has started.
     pub fn current_layer(&self, key: DownTrackKey) -> Option<usize> {
         let dt = self.down_tracks.iter().find(|dt| dt.key == key)?;

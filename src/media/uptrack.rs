@@ -10,7 +10,7 @@
 //! The task owns the forwarder; everyone else talks to it through an
 //! [`UpTrackHandle`], whose commands it interleaves with packets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -212,9 +212,6 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
 struct Loop {
     forwarder: Fanout,
     sinks: HashMap<DownTrackKey, Box<dyn DownTrackSink>>,
-    /// Down-tracks paused now (hidden, or held back by last-N): of a cascaded track,
-    /// only the others are demand on the link.
-    paused: HashSet<DownTrackKey>,
     /// The size each down-track is shown at, as its subscriber said; None: not said.
     shown: HashMap<DownTrackKey, Option<Size>>,
     /// Of a cascaded track, the size the origin was last told while it was wanted.
@@ -242,7 +239,6 @@ async fn run(
     let mut state = Loop {
         forwarder: Fanout::new(up.config, up.simulcast),
         sinks: HashMap::new(),
-        paused: HashSet::new(),
         shown: HashMap::new(),
         told: None,
         out: Vec::new(),
@@ -377,7 +373,7 @@ impl Loop {
     /// Whether some down-track takes packets now: a cascaded track crosses its link
     /// only then.
     fn wanted(&self) -> bool {
-        self.sinks.keys().any(|key| !self.paused.contains(key))
+        self.sinks.keys().any(|key| !self.forwarder.is_paused(*key))
     }
 
     /// The largest size a down-track that takes packets is shown at.
@@ -385,7 +381,7 @@ impl Loop {
         let taking = self
             .shown
             .iter()
-            .filter(|(key, _)| !self.paused.contains(*key));
+            .filter(|(key, _)| !self.forwarder.is_paused(**key));
         largest_shown(taking.map(|(_, size)| *size))
     }
 
@@ -421,27 +417,15 @@ impl Loop {
                 sink,
             } => {
                 self.sinks.insert(key, sink);
-                self.paused.remove(&key);
                 self.shown.insert(key, None);
                 self.forwarder.add_down_track(now, key, ssrc, payload_type);
             }
             UpTrackCommand::RemoveDownTrack { key } => {
                 self.sinks.remove(&key);
-                self.paused.remove(&key);
                 self.shown.remove(&key);
                 self.forwarder.remove_down_track(key);
             }
-            UpTrackCommand::SetPaused { key, paused } => {
-                if !self.sinks.contains_key(&key) {
-                    return;
-                }
-                if paused {
-                    self.paused.insert(key);
-                } else {
-                    self.paused.remove(&key);
-                }
-                self.forwarder.set_paused(key, paused);
-            }
+            UpTrackCommand::SetPaused { key, paused } => self.forwarder.set_paused(key, paused),
             UpTrackCommand::SetShownSize { key, shown } => {
                 if let Some(entry) = self.shown.get_mut(&key) {
                     *entry = shown;
