@@ -179,7 +179,6 @@ impl SimulcastForwarder {
                 out.push((dt.key, copy));
             }
         }
-        self.collect_requests(now);
     }
 
     /// A subscriber asked for a keyframe (PLI/FIR): the layer it is sent is asked.
