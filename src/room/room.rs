@@ -96,8 +96,9 @@ pub struct Room {
     last_n: LastN<ParticipantId>,
     /// What participants were last told of it: `None` while every camera is.
     forwarded: Option<BTreeSet<ParticipantId>>,
-    /// Whose voices are forwarded in a large room, shared with the audio up-tracks.
-    voices: SharedVoices,
+    /// Whose voices are forwarded in a large room, shared with the audio up-tracks;
+    /// None where every voice always is (`audio_last_n` 0), so they ask nothing.
+    voices: Option<SharedVoices>,
     /// Rooms of more participants are large.
     large_above: usize,
     closed: bool,
@@ -123,7 +124,8 @@ impl Room {
             empty_timeout: settings.config.empty_timeout,
             last_n: LastN::new(settings.config.last_n, settings.config.last_n_above),
             forwarded: None,
-            voices: Arc::new(Mutex::new(Voices::new(settings.config.audio_last_n))),
+            voices: (settings.config.audio_last_n > 0)
+                .then(|| Arc::new(Mutex::new(Voices::new(settings.config.audio_last_n)))),
             large_above: settings.config.last_n_above,
             members: BTreeMap::new(),
             tracks: BTreeMap::new(),

@@ -38,9 +38,10 @@ impl Room {
         self.last_n.sync(cameras);
 
         let size = self.members.len() + remote.len();
-        let mut voices = self.voices.lock().unwrap_or_else(|e| e.into_inner());
-        voices.set_choosing(size > self.large_above);
-        drop(voices);
+        if let Some(voices) = &self.voices {
+            let mut voices = voices.lock().unwrap_or_else(|e| e.into_inner());
+            voices.set_choosing(size > self.large_above);
+        }
         let forwarded = self.last_n.forwarded(size);
         if forwarded == self.forwarded {
             return;

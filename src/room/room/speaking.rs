@@ -49,8 +49,9 @@ impl Room {
             let sink = speakers.sink(track);
             handle.send(UpTrackCommand::HearLevels { sink });
         }
-        let voices = self.voices.clone();
-        handle.send(UpTrackCommand::ChooseVoices { voices });
+        if let Some(voices) = self.voices.clone() {
+            handle.send(UpTrackCommand::ChooseVoices { voices });
+        }
     }
 
     /// The track is gone: it stops being a speaker at once.
@@ -58,8 +59,10 @@ impl Room {
         if let Some(speakers) = &self.speakers {
             speakers.forget(track);
         }
-        let mut voices = self.voices.lock().unwrap_or_else(|e| e.into_inner());
-        voices.forget(track);
+        if let Some(voices) = &self.voices {
+            let mut voices = voices.lock().unwrap_or_else(|e| e.into_inner());
+            voices.forget(track);
+        }
     }
 
     /// The participant who publishes `track`, here or on another shard.
