@@ -170,6 +170,7 @@ async fn await_paused(client: &mut Client, track: &TrackId, paused: bool) {
             ClientEvent::Server(ServerMessage::TrackPaused {
                 track_id,
                 paused: now,
+                ..
             }) => (track_id == track && *now == paused).then_some(()),
             _ => None,
         })

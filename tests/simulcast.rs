@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use common::etcd::Etcd;
 use common::{index_of, packet, Node};
-use relais::client::{Client, ClientEvent, LocalTrack};
+use relais::client::{Client, ClientEvent, Feedback, LocalTrack};
 use relais::ids::TrackId;
-use relais::signal::protocol::{ClientMessage, ErrorCode, LayerInfo, ServerMessage, TrackKind};
+use relais::signal::protocol::{
+    ClientMessage, ErrorCode, LayerInfo, PauseCause, ServerMessage, TrackKind,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -27,6 +29,10 @@ fn layers() -> Vec<LayerInfo> {
         .collect()
 }
 
+/// Bytes added to each layer's packets, so that the layers cost what real ones do at
+/// 100 packets a second: about 105, 345 and 905 kbit/s.
+const LAYER_PADDING: [usize; 3] = [100, 400, 1_100];
+
 /// Sends a frame of every layer every 10 ms, for at most a minute: a keyframe on each
 /// every 30 frames, and on all of them when the server asks for one.
 fn send_layers(camera: LocalTrack) -> JoinHandle<()> {
@@ -37,10 +43,12 @@ fn send_layers(camera: LocalTrack) -> JoinHandle<()> {
             let keyframe = n % 30 == 0 || camera.take_keyframe_request();
             for layer in 0..camera.layers() {
                 let index = layer as u64 * LAYER_BASE + n;
+                let mut packet = packet(TrackKind::Video, index, keyframe);
+                let mut payload = packet.payload.to_vec();
+                payload.resize(payload.len() + LAYER_PADDING[layer], 0);
+                packet.payload = payload.into();
                 // Nothing goes out before negotiation; later writes succeed.
-                let _ = camera
-                    .write_layer(layer, packet(TrackKind::Video, index, keyframe))
-                    .await;
+                let _ = camera.write_layer(layer, packet).await;
             }
         }
     })
@@ -177,6 +185,67 @@ async fn two_viewers_of_one_camera_get_their_own_layers() {
     assert!(
         got_large.iter().all(|(layer, _)| *layer == 1),
         "{got_large:?}"
+    );
+    sender.abort();
+}
+
+/// Waits for `track_paused` about `track`; returns its reason.
+async fn paused(client: &mut Client, track: &TrackId, paused: bool) -> Option<PauseCause> {
+    client
+        .wait_for(Duration::from_secs(15), "track_paused", |e| match e {
+            ClientEvent::Server(ServerMessage::TrackPaused {
+                track_id,
+                paused: now,
+                reason,
+            }) if track_id == track && *now == paused => Some(*reason),
+            _ => None,
+        })
+        .await
+        .expect("track_paused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_short_of_bandwidth_is_moved_down_and_back_up_as_it_recovers() {
+    let node = Node::start();
+    let (_publisher, sender) = present(&node).await;
+    let mut viewer = node.join("board", "viewer").await;
+    let track = video_track(&mut viewer).await;
+    // No estimate yet: nothing is limited, and the large tile gets the high layer.
+    viewer
+        .send(size(&track, 1280, 720))
+        .expect("send track_size");
+    let high = switch_to(&mut viewer, 2, 20).await;
+    assert!(high.iter().all(|(layer, _)| *layer == 2), "{high:?}");
+
+    // 250 kbit/s fits the low layer (105) but not the middle one (345).
+    viewer
+        .feedback(&track, Feedback::Remb(250_000))
+        .expect("send REMB");
+    switch_across(&mut viewer, high, 2, 0).await;
+
+    // Recovered: up one layer at a time, each after the estimate has had room to
+    // spare for a while, with one continuous stream.
+    viewer
+        .feedback(&track, Feedback::Remb(5_000_000))
+        .expect("send REMB");
+    let middle = switch_to(&mut viewer, 1, 10).await;
+    assert!(middle.iter().all(|(layer, _)| *layer == 1), "{middle:?}");
+    switch_across(&mut viewer, middle, 1, 2).await;
+
+    // Not even the low layer fits: the video pauses, and says why.
+    viewer
+        .feedback(&track, Feedback::Remb(50_000))
+        .expect("send REMB");
+    let reason = paused(&mut viewer, &track, true).await;
+    assert_eq!(reason, Some(PauseCause::Bandwidth));
+    viewer
+        .feedback(&track, Feedback::Remb(5_000_000))
+        .expect("send REMB");
+    assert_eq!(paused(&mut viewer, &track, false).await, None);
+    let back = switch_to(&mut viewer, 0, 10).await;
+    assert!(
+        back.iter().all(|(layer, _)| *layer == 0),
+        "resumes low: {back:?}"
     );
     sender.abort();
 }

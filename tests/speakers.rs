@@ -189,7 +189,9 @@ impl Seen {
                 self.tracks
                     .insert(track.id.clone(), (track.participant_id, track.kind));
             }
-            ClientEvent::Server(ServerMessage::TrackPaused { track_id, paused }) => {
+            ClientEvent::Server(ServerMessage::TrackPaused {
+                track_id, paused, ..
+            }) => {
                 self.paused.insert(track_id, paused);
             }
             ClientEvent::Rtp { track_id, .. } => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     nack_pairs_from_sequence_numbers, TransportLayerNack,
 };
@@ -253,6 +254,11 @@ impl Driver {
                 sender_ssrc: 0,
                 media_ssrc: *ssrc,
                 nacks: nack_pairs_from_sequence_numbers(&seqs),
+            }),
+            Feedback::Remb(bps) => Box::new(ReceiverEstimatedMaximumBitrate {
+                sender_ssrc: 0,
+                bitrate: bps as f32,
+                ssrcs: vec![*ssrc],
             }),
         };
         let _ = remote.write_rtcp(vec![packet]).await;

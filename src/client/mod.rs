@@ -113,6 +113,8 @@ pub enum Feedback {
     Pli,
     /// Negative acknowledgement of these sequence numbers (as received).
     Nack(Vec<u16>),
+    /// The subscriber's estimate of its downlink (REMB), in bits per second.
+    Remb(u64),
 }
 
 /// The codec a published track is sent with.

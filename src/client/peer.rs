@@ -30,7 +30,7 @@ use webrtc::peer_connection::{
 use super::lossy::LossyRuntime;
 use super::{ClientError, ClientEvent, LocalTrack, PublishCodec, Simulcast};
 use crate::ids::TrackId;
-use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
+use crate::media::feedback::{RtcpFeedback, FEEDBACK_SLOT};
 use crate::participant::peer::{media_engine, register_audio_level};
 
 /// Must match one of the H.264 formats the server registers.
@@ -74,7 +74,7 @@ pub(crate) async fn build_peer(
     let mut engine = media_engine()?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)?.with(
         rtc::interceptor::Slot::from(FEEDBACK_SLOT),
-        KeyframeFeedback::default(),
+        RtcpFeedback::default(),
     );
     register_audio_level(&mut engine)?;
     let settings = SettingEngineBuilder::new()

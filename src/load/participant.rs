@@ -290,7 +290,9 @@ fn on_event(event: Option<ClientEvent>, shared: &Shared, report: &mut Participan
             }
             true
         }
-        Some(ClientEvent::Server(ServerMessage::TrackPaused { track_id, paused })) => {
+        Some(ClientEvent::Server(ServerMessage::TrackPaused {
+            track_id, paused, ..
+        })) => {
             report.received.set_paused(&track_id, paused);
             true
         }

@@ -69,24 +69,27 @@ impl Fanout {
         }
     }
 
-    /// One packet from the publisher; see [`Forwarder::handle_rtp`].
+    /// One packet from the publisher; see [`Forwarder::handle_rtp`]. Returns the
+    /// layer it belongs to (0 for a track sent as one stream), None for a stream that
+    /// is no layer.
     pub fn handle_rtp(
         &mut self,
         now: Instant,
         packet: &Packet,
         out: &mut Vec<(DownTrackKey, Packet)>,
-    ) {
+    ) -> Option<usize> {
         match self {
-            Fanout::Single(forwarder) => forwarder.handle_rtp(now, packet, out),
+            Fanout::Single(forwarder) => {
+                forwarder.handle_rtp(now, packet, out);
+                Some(0)
+            }
             Fanout::Simulcast {
                 forwarder, layers, ..
             } => {
                 // A stream that never opened is no layer: dropped and counted.
-                let layer = layers
-                    .get(&packet.header.ssrc)
-                    .copied()
-                    .unwrap_or(usize::MAX);
-                forwarder.handle_rtp(now, packet, layer, out);
+                let layer = layers.get(&packet.header.ssrc).copied();
+                forwarder.handle_rtp(now, packet, layer.unwrap_or(usize::MAX), out);
+                layer
             }
         }
     }
@@ -136,6 +139,13 @@ impl Fanout {
     pub fn set_shown_size(&mut self, now: Instant, key: DownTrackKey, shown: Option<Size>) {
         if let Fanout::Simulcast { forwarder, .. } = self {
             forwarder.set_shown_size(now, key, shown);
+        }
+    }
+
+    /// The highest layer a subscriber's bandwidth allows; only a simulcast track cares.
+    pub fn set_max_layer(&mut self, now: Instant, key: DownTrackKey, cap: Option<usize>) {
+        if let Fanout::Simulcast { forwarder, .. } = self {
+            forwarder.set_max_layer(now, key, cap);
         }
     }
 

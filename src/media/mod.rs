@@ -7,6 +7,7 @@
 //! - [`rewrite`]: per-subscriber RTP header rewriting into one continuous stream.
 //! - [`keyframe`]: throttling of keyframe requests towards a publisher.
 //! - [`forwarder`]: one per published track, fanning its packets out to its down-tracks.
+//! - [`rates`]: what each layer of a published track costs, as measured.
 //! - [`allocator`]: fitting a subscriber's tracks and layers into its estimated downlink.
 //! - [`layers`]: choosing one simulcast layer of a video track for one subscriber.
 //! - [`speaker`]: audio levels (RFC 6464) and the dominant and current speakers.
@@ -25,6 +26,7 @@ pub mod forwarder;
 pub mod keyframe;
 pub mod last_n;
 pub mod layers;
+pub mod rates;
 pub mod rewrite;
 pub mod simulcast;
 pub mod speaker;

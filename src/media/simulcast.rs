@@ -7,8 +7,8 @@
 //!
 //! Invariants:
 //! - A down-track's target is the largest layer that fits inside the size it is shown at
-//!   (the lowest when none fits; the highest before the subscriber said a size), or
-//!   none while paused. Among layers that stopped arriving (the publisher's encoder
+//!   (the lowest when none fits; the highest before the subscriber said a size), no
+//!   higher than its bandwidth allows, or none while paused. Among layers that stopped arriving (the publisher's encoder
 //!   dropped them, for bandwidth or CPU), the target falls back to the highest arriving
 //!   one below it, else the lowest arriving one above; while no layer arrives at all, and
 //!   for [`LAYER_STALE_AFTER`] after the first packet (encoders start their layers
@@ -45,6 +45,8 @@ struct DownTrack {
     selector: LayerSelector,
     /// The size the subscriber shows the track at; None until it says.
     shown: Option<Size>,
+    /// The highest layer its bandwidth allows; None for no limit.
+    cap: Option<usize>,
     paused: bool,
 }
 
@@ -103,6 +105,7 @@ impl SimulcastForwarder {
             key,
             selector: LayerSelector::new(ssrc, payload_type),
             shown: None,
+            cap: None,
             paused: false,
         });
         self.retarget(now);
@@ -129,6 +132,16 @@ impl SimulcastForwarder {
         self.note_time(now);
         if let Some(dt) = self.down_tracks.iter_mut().find(|dt| dt.key == key) {
             dt.shown = shown;
+        }
+        self.retarget(now);
+    }
+
+    /// The highest layer the subscriber's bandwidth allows, or None for no limit: the
+    /// target is the lower of this and the layer its size calls for.
+    pub fn set_max_layer(&mut self, now: Instant, key: DownTrackKey, cap: Option<usize>) {
+        self.note_time(now);
+        if let Some(dt) = self.down_tracks.iter_mut().find(|dt| dt.key == key) {
+            dt.cap = cap;
         }
         self.retarget(now);
     }
@@ -254,7 +267,8 @@ impl SimulcastForwarder {
             let target = if dt.paused {
                 None
             } else {
-                Some(fallback(wanted(&self.layers, dt.shown), &arriving))
+                let wanted = wanted(&self.layers, dt.shown).min(dt.cap.unwrap_or(usize::MAX));
+                Some(fallback(wanted, &arriving))
             };
             // Targets come from this track's own layers, all below MAX_LAYERS.
             let _ = dt.selector.set_target(target);

@@ -164,6 +164,30 @@ fn a_larger_tile_switches_up_at_the_high_layers_keyframe() {
 }
 
 #[test]
+fn a_bandwidth_cap_lowers_the_layer_and_lifting_it_restores_the_size_s_choice() {
+    let mut rig = Rig::new();
+    rig.fwd.add_down_track(rig.now, SUB, 0xabc, 96);
+    rig.fwd.set_shown_size(rig.now, SUB, Some(size(1280, 720)));
+    let mut got = rig.frame(&[0, 1, 2], &[2]);
+    rig.requests();
+    rig.fwd.set_max_layer(rig.now, SUB, Some(0));
+    assert_eq!(rig.requests(), [0]);
+    got.extend(rig.frame(&[0, 1, 2], &[0]));
+    // Lifted: back up to what the tile calls for, at that layer's keyframe.
+    rig.now += Duration::from_secs(1);
+    rig.fwd.set_max_layer(rig.now, SUB, None);
+    assert_eq!(rig.requests(), [2]);
+    got.extend(rig.frame(&[0, 1, 2], &[2]));
+    // The low layer's packet of that frame comes before the high layer's keyframe.
+    assert_eq!(layers_of(&got, SUB), [2, 0, 0, 2]);
+    // A cap above the size's choice changes nothing.
+    rig.fwd.set_max_layer(rig.now, SUB, Some(1));
+    rig.fwd.set_shown_size(rig.now, SUB, Some(size(320, 180)));
+    rig.now += Duration::from_secs(1);
+    assert_eq!(rig.requests(), [0]);
+}
+
+#[test]
 fn each_subscriber_gets_its_own_layer() {
     let mut rig = Rig::new();
     rig.fwd.add_down_track(rig.now, SUB, 0xabc, 96);

@@ -28,6 +28,7 @@ use crate::media::allocator::Size;
 use crate::media::codec::MediaKind;
 use crate::media::fanout::{Fanout, KeyframeFrom, SimulcastLayers};
 use crate::media::forwarder::{DownTrackKey, ForwarderConfig};
+use crate::media::rates::{LayerRates, RateMeter};
 use crate::media::simulcast::largest_shown;
 use crate::media::sleep_until_opt;
 use crate::media::speaker::AudioLevel;
@@ -88,6 +89,12 @@ pub enum UpTrackCommand {
         key: DownTrackKey,
         shown: Option<Size>,
     },
+    /// The highest layer of a simulcast track the subscriber's downlink allows (None:
+    /// no limit).
+    SetMaxLayer {
+        key: DownTrackKey,
+        layer: Option<usize>,
+    },
     KeyframeRequest {
         from: DownTrackKey,
     },
@@ -118,6 +125,11 @@ pub struct UpTrackHandle {
     pub codec: RTCRtpCodec,
     /// Audio or video, for the metrics of the down-tracks.
     pub kind: MediaKind,
+    /// The picture size of each simulcast layer, lowest first; empty for a track sent
+    /// as one stream.
+    pub layer_sizes: Arc<[Size]>,
+    /// What each layer costs to send, as measured.
+    pub rates: Arc<LayerRates>,
     commands: mpsc::UnboundedSender<UpTrackCommand>,
     pub counters: Arc<UpTrackCounters>,
 }
@@ -189,10 +201,14 @@ pub struct UpTrack {
 pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTrackHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let counters = Arc::new(UpTrackCounters::default());
+    let rates = Arc::new(LayerRates::default());
+    let layer_sizes = up.simulcast.as_ref().map(|s| s.sizes.clone());
     let handle = UpTrackHandle {
         track_id: up.track_id.clone(),
         codec: up.codec.clone(),
         kind: up.config.kind,
+        layer_sizes: layer_sizes.unwrap_or_default().into(),
+        rates: rates.clone(),
         commands: tx,
         counters: counters.clone(),
     };
@@ -203,7 +219,7 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
             up.metrics.task(Task::UpTrack),
             up.metrics.track(kind, Direction::In),
         );
-        run(up, rx, counters).await;
+        run(up, rx, counters, RateMeter::new(rates)).await;
         on_end(track_id);
     });
     handle
@@ -220,6 +236,8 @@ struct Loop {
     counters: Arc<UpTrackCounters>,
     /// Packets and bytes received from the publisher.
     received: RtpCounters,
+    /// What each layer costs, for the subscribers' allocators.
+    meter: RateMeter,
     queue_drops: prometheus::IntCounter,
     audio_level_id: Option<u8>,
     /// The room's speaker task, once the room asked to hear this track.
@@ -234,6 +252,7 @@ async fn run(
     up: UpTrack,
     mut commands: mpsc::UnboundedReceiver<UpTrackCommand>,
     counters: Arc<UpTrackCounters>,
+    meter: RateMeter,
 ) {
     let kind = Kind::from(up.config.kind);
     let mut state = Loop {
@@ -246,6 +265,7 @@ async fn run(
         received: up
             .metrics
             .rtp_counters(Direction::In, kind, up.source.path()),
+        meter,
         queue_drops: up.metrics.queue_drops(kind),
         audio_level_id: up.audio_level_id,
         levels: None,
@@ -331,12 +351,16 @@ impl Loop {
             if !admitted {
                 self.forwarder.withhold(now, &packet);
                 self.received.record(now, packet.payload.len());
+                self.meter.record(now, 0, packet.payload.len());
                 return;
             }
         }
         self.out.clear();
-        self.forwarder.handle_rtp(now, &packet, &mut self.out);
+        let layer = self.forwarder.handle_rtp(now, &packet, &mut self.out);
         self.received.record(now, packet.payload.len());
+        if let Some(layer) = layer {
+            self.meter.record(now, layer, packet.payload.len());
+        }
 
         // The forwarder has counted this packet in: its count picks the delay samples.
         let sampled = self
@@ -431,6 +455,9 @@ impl Loop {
                     *entry = shown;
                 }
                 self.forwarder.set_shown_size(now, key, shown)
+            }
+            UpTrackCommand::SetMaxLayer { key, layer } => {
+                self.forwarder.set_max_layer(now, key, layer)
             }
             UpTrackCommand::KeyframeRequest { from } => {
                 self.forwarder.handle_keyframe_request(now, from)

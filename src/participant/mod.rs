@@ -10,6 +10,7 @@
 //! Media never passes through this actor: it wires up-tracks and down-tracks and
 //! steps aside.
 
+mod bandwidth;
 mod negotiation;
 pub mod peer;
 pub(crate) mod publications;
@@ -82,6 +83,10 @@ pub struct Participant {
     pinned: BTreeSet<ParticipantId>,
     /// Video tracks the client does not show now: never forwarded to it.
     hidden: BTreeSet<crate::ids::TrackId>,
+    /// The room's dominant speaker, whose camera comes first when bandwidth is short.
+    dominant: Option<ParticipantId>,
+    /// The client's downlink and what fits it.
+    bandwidth: bandwidth::Bandwidth,
     /// DTLS is up: packets written now reach the client instead of being refused.
     media_connected: bool,
     left: bool,
@@ -117,6 +122,8 @@ impl Participant {
             cameras: None,
             pinned: BTreeSet::new(),
             hidden: BTreeSet::new(),
+            dominant: None,
+            bandwidth: bandwidth::Bandwidth::new(),
             media_connected: false,
             left: false,
             join_started: None,
@@ -270,7 +277,8 @@ impl Participant {
     fn build_peer(&mut self, initial: Vec<(TrackInfo, UpTrackHandle)>, ctx: &mut Context<Self>) {
         let node = self.node.clone();
         let recipient = ctx.address().recipient();
-        let fut = async move { node.peers.build(recipient).await };
+        let estimate = self.bandwidth.estimate.clone();
+        let fut = async move { node.peers.build(recipient, estimate).await };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(pc) => {
                 act.pc = Some(pc);
@@ -385,6 +393,7 @@ impl Participant {
                 self.send(ServerMessage::TrackMuted { track_id, muted })
             }
             RoomEvent::Speakers { dominant, speakers } => {
+                self.dominant = dominant.clone();
                 self.send(ServerMessage::SpeakersChanged { dominant, speakers })
             }
             RoomEvent::Forwarding { cameras } => {
@@ -441,6 +450,10 @@ fn kind_of(msg: &ClientMessage) -> &'static str {
 
 impl Actor for Participant {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(bandwidth::ADAPT_EVERY, |act, _| act.adapt_to_bandwidth());
+    }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         // Still pending: the session ended between the join request and media.

@@ -27,7 +27,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::config::MediaConfig;
-use crate::media::feedback::{KeyframeFeedback, FEEDBACK_SLOT};
+use crate::media::feedback::{DownlinkEstimate, RtcpFeedback, FEEDBACK_SLOT};
 use crate::metrics::rtcp::{RtcpTap, RTCP_TAP_SLOT};
 use crate::metrics::Metrics;
 use crate::signal::protocol::IceCandidate;
@@ -89,15 +89,17 @@ impl PeerFactory {
         }
     }
 
-    /// A new peer connection whose events go to `participant`.
+    /// A new peer connection whose events go to `participant`, and whose remote end's
+    /// estimates of its downlink go to `estimate`.
     pub async fn build(
         &self,
         participant: Recipient<PeerEvent>,
+        estimate: Arc<DownlinkEstimate>,
     ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
         let handler = Arc::new(Handler { participant });
         let mut last_error = None;
         for addr in self.candidate_addrs() {
-            match self.build_on(addr, handler.clone()).await {
+            match self.build_on(addr, handler.clone(), estimate.clone()).await {
                 Ok(pc) => return Ok(pc),
                 // The port may be held by another connection or process: try the next.
                 Err(e) => last_error = Some(e),
@@ -127,12 +129,13 @@ impl PeerFactory {
         &self,
         addr: SocketAddr,
         handler: Arc<Handler>,
+        estimate: Arc<DownlinkEstimate>,
     ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
         let mut media_engine = media_engine()?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
         register_audio_level(&mut media_engine)?;
         let registry = registry
-            .with(Slot::from(FEEDBACK_SLOT), KeyframeFeedback::default())
+            .with(Slot::from(FEEDBACK_SLOT), RtcpFeedback::new(estimate))
             .with(
                 Slot::from(RTCP_TAP_SLOT),
                 RtcpTap::new(self.metrics.clone()),

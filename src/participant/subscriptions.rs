@@ -31,7 +31,7 @@ use crate::media::forwarder::DownTrackKey;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::room::messages::FindTrack;
 use crate::room::room::is_camera;
-use crate::signal::protocol::{ErrorCode, ServerMessage, TrackInfo, TrackKind};
+use crate::signal::protocol::{ErrorCode, PauseCause, ServerMessage, TrackInfo, TrackKind};
 
 /// The most participants one client may pin.
 pub const MAX_PINNED: usize = 16;
@@ -42,17 +42,20 @@ pub const MAX_HIDDEN: usize = 256;
 pub(super) struct Subscription {
     key: DownTrackKey,
     ssrc: u32,
-    up: UpTrackHandle,
+    pub(super) up: UpTrackHandle,
     /// Who publishes the track, whether it is video the client may hide, and whether
     /// it is a camera that last-N may pause.
-    publisher: ParticipantId,
-    video: bool,
-    camera: bool,
-    /// Not forwarded for now (hidden, or last-N); applied to the down-track once it
-    /// starts.
+    pub(super) publisher: ParticipantId,
+    pub(super) video: bool,
+    pub(super) camera: bool,
+    /// Not forwarded for now (hidden, last-N or bandwidth); applied to the down-track
+    /// once it starts.
     paused: bool,
     /// The size the client shows the track at (`track_size`); applied likewise.
-    shown: Option<Size>,
+    pub(super) shown: Option<Size>,
+    /// The highest layer of a simulcast track the client's downlink allows; applied
+    /// likewise.
+    cap: Option<usize>,
     local: Arc<dyn TrackLocal>,
     sender: Option<Arc<dyn RtpSender>>,
     /// Carried by a server offer; then answered by the client.
@@ -63,6 +66,20 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
+    /// Limits the layers of a simulcast track to `cap` and below (None: no limit).
+    pub(super) fn set_max_layer(&mut self, cap: Option<usize>) {
+        if self.cap == cap {
+            return;
+        }
+        self.cap = cap;
+        if self.tasks.is_some() {
+            self.up.send(UpTrackCommand::SetMaxLayer {
+                key: self.key,
+                layer: cap,
+            });
+        }
+    }
+
     pub fn stop(&self) {
         if let Some(tasks) = &self.tasks {
             tasks.stop();
@@ -150,13 +167,14 @@ impl Participant {
             camera: is_camera(&info),
             paused: false,
             shown: None,
+            cap: None,
             local: local.clone(),
             sender: None,
             offered: false,
             answered: false,
             tasks: None,
         };
-        sub.paused = self.held_back(&track_id, &sub);
+        sub.paused = self.held_back(&track_id, &sub).is_some();
         self.subscriptions.insert(track_id.clone(), sub);
 
         // Always a new transceiver: `add_track` would reuse the receive-only one of a
@@ -250,6 +268,12 @@ impl Participant {
                 shown: sub.shown,
             });
         }
+        if sub.cap.is_some() {
+            sub.up.send(UpTrackCommand::SetMaxLayer {
+                key: sub.key,
+                layer: sub.cap,
+            });
+        }
         sub.tasks = Some(tasks);
         let track_id = negotiated.track_id;
         self.send(ServerMessage::Subscribed {
@@ -257,35 +281,53 @@ impl Participant {
             mid: negotiated.mid,
         });
         if paused {
-            self.send(ServerMessage::TrackPaused { track_id, paused });
+            let reason = self.paused_for(&track_id);
+            self.send(ServerMessage::TrackPaused {
+                track_id,
+                paused,
+                reason,
+            });
         }
     }
 
-    /// Whether this participant is not sent `track_id` for now: it hides that video,
-    /// or last-N holds back the publisher's camera and the participant did not pin it.
-    fn held_back(&self, track_id: &TrackId, sub: &Subscription) -> bool {
-        let hidden = sub.video && self.hidden.contains(track_id);
+    /// Why the client chose not to be sent `track_id` for now, if it did: it hides that
+    /// video, or last-N holds back the publisher's camera and the client did not pin it.
+    pub(super) fn held_back(&self, track_id: &TrackId, sub: &Subscription) -> Option<PauseCause> {
+        if sub.video && self.hidden.contains(track_id) {
+            return Some(PauseCause::Hidden);
+        }
         let publisher = &sub.publisher;
         let outside = |cameras: &Arc<BTreeSet<ParticipantId>>| !cameras.contains(publisher);
         let last_n = sub.camera
             && self.cameras.as_ref().is_some_and(outside)
             && !self.pinned.contains(publisher);
-        hidden || last_n
+        last_n.then_some(PauseCause::LastN)
+    }
+
+    /// Why `track_id` is not sent now, if it is not: held back, or its lowest layer does
+    /// not fit the client's downlink.
+    fn paused_for(&self, track_id: &TrackId) -> Option<PauseCause> {
+        let sub = self.subscriptions.get(track_id)?;
+        let bandwidth = self.bandwidth.paused.contains(track_id);
+        self.held_back(track_id, sub)
+            .or(bandwidth.then_some(PauseCause::Bandwidth))
     }
 
     /// Pauses and resumes subscriptions as what the client hides, the forwarded
-    /// cameras and the pins say, telling the client of each change to a running one.
+    /// cameras, the pins and the downlink say, telling the client of each change to a
+    /// running one.
     pub(super) fn apply_forwarding(&mut self) {
-        let wanted: Vec<(TrackId, bool)> = self
+        let wanted: Vec<(TrackId, Option<PauseCause>)> = self
             .subscriptions
-            .iter()
-            .map(|(id, sub)| (id.clone(), self.held_back(id, sub)))
-            .filter(|(id, paused)| self.subscriptions[id].paused != *paused)
+            .keys()
+            .map(|id| (id.clone(), self.paused_for(id)))
+            .filter(|(id, reason)| self.subscriptions[id].paused != reason.is_some())
             .collect();
-        for (track_id, paused) in wanted {
+        for (track_id, reason) in wanted {
             let Some(sub) = self.subscriptions.get_mut(&track_id) else {
                 continue;
             };
+            let paused = reason.is_some();
             sub.paused = paused;
             // One not started yet takes its state when it starts.
             if sub.tasks.is_some() {
@@ -293,7 +335,11 @@ impl Participant {
                     key: sub.key,
                     paused,
                 });
-                self.send(ServerMessage::TrackPaused { track_id, paused });
+                self.send(ServerMessage::TrackPaused {
+                    track_id,
+                    paused,
+                    reason,
+                });
             }
         }
     }
@@ -337,6 +383,7 @@ impl Participant {
 
     /// Ends a subscription; `tell` says whether the client asked (and gets `unsubscribed`).
     pub(super) fn unsubscribe(&mut self, track_id: &TrackId, tell: bool, ctx: &mut Context<Self>) {
+        self.bandwidth.paused.remove(track_id);
         let Some(sub) = self.subscriptions.remove(track_id) else {
             if tell {
                 self.send_error(ErrorCode::UnknownTrack, "not subscribed", "unsubscribe");

@@ -165,13 +165,26 @@ pub enum ServerMessage {
         dominant: Option<ParticipantId>,
         speakers: Vec<ParticipantId>,
     },
-    /// The server stopped (`paused: true`) or resumed forwarding a subscribed
-    /// track, because of last-N in a large room. A resumed video starts again at a
-    /// keyframe.
+    /// The server stopped (`paused: true`, with the reason) or resumed forwarding a
+    /// subscribed track. A resumed video starts again at a keyframe.
     TrackPaused {
         track_id: TrackId,
         paused: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<PauseCause>,
     },
+}
+
+/// Why a subscribed track is not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseCause {
+    /// The client said it does not show it (`hide`).
+    Hidden,
+    /// Last-N: the publisher is not among the recent speakers, and not pinned.
+    LastN,
+    /// Not even its lowest layer fits the client's downlink.
+    Bandwidth,
 }
 
 /// A trickled ICE candidate, shaped like the browser's `RTCIceCandidateInit`.

@@ -1,0 +1,159 @@
+//! Fitting what a participant receives into its downlink.
+//!
+//! Every [`ADAPT_EVERY`], once the client has sent an estimate of its downlink (REMB),
+//! the participant lists what it receives as demands for its [`Allocator`]: each
+//! subscribed track with what its layers cost (measured on the up-track), whether it
+//! is shown and at what size, and whether it is prominent (a pinned publisher or the
+//! dominant speaker). The allocation is applied to the down-tracks: a simulcast video
+//! gets a highest layer it may be sent (`SetMaxLayer`), and a video whose lowest layer
+//! does not fit is paused for bandwidth, which the client hears of as `track_paused`
+//! with reason `bandwidth`. Audio is never paused. Without an estimate nothing is
+//! limited.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::subscriptions::Subscription;
+use super::Participant;
+use crate::ids::{ParticipantId, TrackId};
+use crate::media::allocator::{
+    Allocator, AllocatorConfig, Choice, Layer, Layers, PauseReason, Size, TrackDemand, TrackKind,
+};
+use crate::media::feedback::DownlinkEstimate;
+use crate::media::uptrack::UpTrackHandle;
+
+/// How often the allocation is brought up to date.
+pub const ADAPT_EVERY: Duration = Duration::from_millis(250);
+
+/// What an audio track is taken to cost before it was measured.
+const AUDIO_UNMEASURED_BPS: u64 = 40_000;
+
+/// One participant's downlink: the estimate its connection records, the allocator, and
+/// which video it paused.
+pub(super) struct Bandwidth {
+    pub estimate: Arc<DownlinkEstimate>,
+    allocator: Allocator<TrackId>,
+    /// Video paused because not even its lowest layer fits.
+    pub paused: BTreeSet<TrackId>,
+}
+
+impl Bandwidth {
+    pub fn new() -> Self {
+        Bandwidth {
+            estimate: Arc::new(DownlinkEstimate::default()),
+            allocator: Allocator::new(AllocatorConfig::default()),
+            paused: BTreeSet::new(),
+        }
+    }
+}
+
+/// A track's layers and what each costs, lowest first: the measured rates, made to
+/// grow from one layer to the next as the allocator requires (a layer not measured yet,
+/// or not arriving, costs next to nothing; the forwarder falls back to one that
+/// arrives).
+fn layers_of(up: &UpTrackHandle, audio: bool) -> Layers {
+    if audio {
+        let measured = up.rates.get(0);
+        return Layers::audio(if measured == 0 {
+            AUDIO_UNMEASURED_BPS
+        } else {
+            measured
+        });
+    }
+    let single = [Size {
+        width: 0,
+        height: 0,
+    }];
+    let sizes: &[Size] = if up.layer_sizes.is_empty() {
+        &single
+    } else {
+        &up.layer_sizes
+    };
+    let mut floor = 0;
+    let layers = sizes
+        .iter()
+        .enumerate()
+        .map(|(index, size)| {
+            let bitrate_bps = up.rates.get(index).max(floor + 1);
+            floor = bitrate_bps;
+            Layer {
+                bitrate_bps,
+                size: *size,
+            }
+        })
+        .collect();
+    // Sizes were checked when the track was published, and rates grow by construction.
+    Layers::new(layers).unwrap_or_else(|_| Layers::audio(AUDIO_UNMEASURED_BPS))
+}
+
+impl Participant {
+    /// Brings the allocation up to date with the latest estimate and demands, and
+    /// applies it. See the module documentation.
+    pub(super) fn adapt_to_bandwidth(&mut self) {
+        let Some(estimate_bps) = self.bandwidth.estimate.get() else {
+            return;
+        };
+        let demands = self.demands();
+        let now = Instant::now();
+        if let Err(e) = self
+            .bandwidth
+            .allocator
+            .allocate(now, estimate_bps, demands)
+        {
+            debug!(participant = %self.id, error = %e, "demands refused");
+            return;
+        }
+        self.bandwidth.allocator.probe(now);
+        let choices = self.bandwidth.allocator.current().tracks.clone();
+        self.bandwidth.paused.clear();
+        for (track_id, choice) in choices {
+            let Some(sub) = self.subscriptions.get_mut(&track_id) else {
+                continue;
+            };
+            if !sub.video {
+                continue;
+            }
+            match choice {
+                Choice::Paused(PauseReason::Bandwidth) => {
+                    self.bandwidth.paused.insert(track_id);
+                }
+                Choice::Paused(PauseReason::Hidden) => {}
+                Choice::Layer(layer) => {
+                    let simulcast = !sub.up.layer_sizes.is_empty();
+                    sub.set_max_layer(simulcast.then_some(layer));
+                }
+            }
+        }
+        self.apply_forwarding();
+    }
+
+    /// What the client receives, as the allocator's demands: the dominant speaker
+    /// first, then the rest in the order of their ids.
+    fn demands(&self) -> Vec<TrackDemand<TrackId>> {
+        let mut subs: Vec<(&TrackId, &Subscription)> = self.subscriptions.iter().collect();
+        let dominant = |publisher: &ParticipantId| self.dominant.as_ref() == Some(publisher);
+        subs.sort_by_key(|(id, sub)| (!dominant(&sub.publisher), *id));
+        subs.into_iter()
+            .map(|(track_id, sub)| {
+                let kind = if !sub.video {
+                    TrackKind::Audio
+                } else if sub.camera {
+                    TrackKind::Camera
+                } else {
+                    TrackKind::Screen
+                };
+                TrackDemand {
+                    key: track_id.clone(),
+                    kind,
+                    prominent: dominant(&sub.publisher) || self.pinned.contains(&sub.publisher),
+                    visible: self.held_back(track_id, sub).is_none(),
+                    max_size: sub.shown,
+                    layers: layers_of(&sub.up, !sub.video),
+                }
+            })
+            .collect()
+    }
+}
