@@ -181,9 +181,9 @@ fn a_bandwidth_cap_lowers_the_layer_and_lifting_it_restores_the_size_s_choice() 
     // The low layer's packet of that frame comes before the high layer's keyframe.
     assert_eq!(layers_of(&got, SUB), [2, 0, 0, 2]);
     // A cap above the size's choice changes nothing.
-    rig.fwd.set_max_layer(rig.now, SUB, Some(1));
-    rig.fwd.set_shown_size(rig.now, SUB, Some(size(320, 180)));
     rig.now += Duration::from_secs(1);
+    rig.fwd.set_shown_size(rig.now, SUB, Some(size(320, 180)));
+    rig.fwd.set_max_layer(rig.now, SUB, Some(1));
     assert_eq!(rig.requests(), [0]);
 }
 
