@@ -41,11 +41,11 @@ fn send_layers(camera: LocalTrack) -> JoinHandle<()> {
         for n in 0..6_000u64 {
             ticker.tick().await;
             let keyframe = n % 30 == 0 || camera.take_keyframe_request();
-            for layer in 0..camera.layers() {
+            for (layer, padding) in LAYER_PADDING.iter().enumerate().take(camera.layers()) {
                 let index = layer as u64 * LAYER_BASE + n;
                 let mut packet = packet(TrackKind::Video, index, keyframe);
                 let mut payload = packet.payload.to_vec();
-                payload.resize(payload.len() + LAYER_PADDING[layer], 0);
+                payload.resize(payload.len() + padding, 0);
                 packet.payload = payload.into();
                 // Nothing goes out before negotiation; later writes succeed.
                 let _ = camera.write_layer(layer, packet).await;
@@ -217,11 +217,18 @@ async fn a_viewer_short_of_bandwidth_is_moved_down_and_back_up_as_it_recovers() 
     let high = switch_to(&mut viewer, 2, 20).await;
     assert!(high.iter().all(|(layer, _)| *layer == 2), "{high:?}");
 
-    // 250 kbit/s fits the low layer (105) but not the middle one (345).
+    // A climbing estimate is no ceiling: the high layer stays.
+    viewer
+        .feedback(&track, Feedback::Remb(300_000))
+        .expect("send REMB");
+    let still = switch_to(&mut viewer, 2, 100).await;
+    assert!(still.iter().all(|(layer, _)| *layer == 2), "{still:?}");
+    // It falls to 250 kbit/s, which fits the low layer (105) but not the middle one
+    // (345).
     viewer
         .feedback(&track, Feedback::Remb(250_000))
         .expect("send REMB");
-    switch_across(&mut viewer, high, 2, 0).await;
+    switch_across(&mut viewer, still, 2, 0).await;
 
     // Recovered: up one layer at a time, each after the estimate has had room to
     // spare for a while, with one continuous stream.
@@ -232,21 +239,36 @@ async fn a_viewer_short_of_bandwidth_is_moved_down_and_back_up_as_it_recovers() 
     assert!(middle.iter().all(|(layer, _)| *layer == 1), "{middle:?}");
     switch_across(&mut viewer, middle, 1, 2).await;
 
-    // Not even the low layer fits: the video pauses, and says why.
+    // Not even the low layer fits: by default it keeps the low layer.
     viewer
         .feedback(&track, Feedback::Remb(50_000))
         .expect("send REMB");
+    let low = switch_to(&mut viewer, 0, 50).await;
+    assert!(low.iter().all(|(layer, _)| *layer == 0), "{low:?}");
+    sender.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_that_does_not_fit_pauses_when_so_configured_and_says_why() {
+    let node = Node::start_with_media("pause_for_bandwidth = true", "");
+    let (_publisher, sender) = present(&node).await;
+    let mut viewer = node.join("board", "viewer").await;
+    let track = video_track(&mut viewer).await;
+    // A climbing estimate, then a fall below the low layer's 105 kbit/s.
+    for bps in [300_000, 50_000] {
+        viewer
+            .feedback(&track, Feedback::Remb(bps))
+            .expect("send REMB");
+    }
     let reason = paused(&mut viewer, &track, true).await;
     assert_eq!(reason, Some(PauseCause::Bandwidth));
+    // It recovers: the video resumes at the low layer.
     viewer
         .feedback(&track, Feedback::Remb(5_000_000))
         .expect("send REMB");
     assert_eq!(paused(&mut viewer, &track, false).await, None);
     let back = switch_to(&mut viewer, 0, 10).await;
-    assert!(
-        back.iter().all(|(layer, _)| *layer == 0),
-        "resumes low: {back:?}"
-    );
+    assert!(back.iter().all(|(layer, _)| *layer == 0), "{back:?}");
     sender.abort();
 }
 

@@ -37,6 +37,16 @@ const ENV_VARS: &[EnvVar] = &[
         "an IP address, or empty",
     ),
     env_var(
+        "RELAIS_MEDIA_BANDWIDTH_ADAPTATION",
+        &["media.bandwidth_adaptation"],
+        "true or false",
+    ),
+    env_var(
+        "RELAIS_MEDIA_PAUSE_FOR_BANDWIDTH",
+        &["media.pause_for_bandwidth"],
+        "true or false",
+    ),
+    env_var(
         "RELAIS_ETCD_ENDPOINTS",
         &["cluster.etcd_endpoints"],
         "comma-separated endpoints",
@@ -167,6 +177,12 @@ impl Config {
                 (self.media.udp_port_min, self.media.udp_port_max) = parse_ports(var, value)?;
             }
             // Empty unsets, so a deployment can pass the variable through unconditionally.
+            "RELAIS_MEDIA_BANDWIDTH_ADAPTATION" => {
+                self.media.bandwidth_adaptation = parse_bool(var, value)?
+            }
+            "RELAIS_MEDIA_PAUSE_FOR_BANDWIDTH" => {
+                self.media.pause_for_bandwidth = parse_bool(var, value)?
+            }
             "RELAIS_MEDIA_PUBLIC_IP" if value.is_empty() => self.media.public_ip = None,
             "RELAIS_MEDIA_PUBLIC_IP" => self.media.public_ip = Some(parse_env(var, value)?),
             "RELAIS_ETCD_ENDPOINTS" => self.cluster.etcd_endpoints = parse_list(value),

@@ -166,6 +166,12 @@ pub struct MediaConfig {
     pub udp_port_max: u16,
     /// Address advertised in ICE candidates instead of the bound one; defaults to none.
     pub public_ip: Option<IpAddr>,
+    /// Fit what each subscriber is sent into its estimated downlink (REMB) by lowering
+    /// simulcast layers. Default on.
+    pub bandwidth_adaptation: bool,
+    /// Also pause video whose lowest layer does not fit that downlink. Default off:
+    /// browsers' estimates fall on a busy receiver as on a thin link.
+    pub pause_for_bandwidth: bool,
 }
 
 impl Default for MediaConfig {
@@ -175,6 +181,8 @@ impl Default for MediaConfig {
             udp_port_min: 0,
             udp_port_max: 0,
             public_ip: None,
+            bandwidth_adaptation: true,
+            pause_for_bandwidth: false,
         }
     }
 }

@@ -287,6 +287,22 @@ fn env_dev_mode() {
 }
 
 #[test]
+fn bandwidth_adaptation_is_on_and_pausing_for_it_off_unless_set() {
+    let defaults = with_env(&[]).expect("ok");
+    assert!(defaults.media.bandwidth_adaptation);
+    assert!(!defaults.media.pause_for_bandwidth);
+    let config = with_env(&[
+        ("RELAIS_MEDIA_BANDWIDTH_ADAPTATION", "false"),
+        ("RELAIS_MEDIA_PAUSE_FOR_BANDWIDTH", "true"),
+    ])
+    .expect("ok");
+    assert!(!config.media.bandwidth_adaptation);
+    assert!(config.media.pause_for_bandwidth);
+    let err = with_env(&[("RELAIS_MEDIA_PAUSE_FOR_BANDWIDTH", "often")]).expect_err("refused");
+    assert!(err.to_string().contains("RELAIS_MEDIA_PAUSE_FOR_BANDWIDTH"), "{err}");
+}
+
+#[test]
 fn env_room() {
     let config = with_env(&[
         ("RELAIS_ROOM_EMPTY_TIMEOUT_SECS", "5"),

@@ -12,8 +12,7 @@
 //! which the participant's bandwidth allocation reads.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
@@ -26,29 +25,33 @@ use rtc::shared::error::Error;
 /// Slot of this interceptor: after every built-in one, so they all see the RTCP first.
 pub const FEEDBACK_SLOT: usize = 14_000;
 
-/// The latest estimate of what a connection's remote end can receive.
+/// The estimates a connection's remote end sent of its downlink, until they are taken.
 #[derive(Debug, Default)]
 pub struct DownlinkEstimate {
-    /// Bits per second; 0 until the remote sent one.
-    bps: AtomicU64,
-    /// How many estimates arrived.
-    count: AtomicU64,
+    /// Bits per second, oldest first; at most [`MAX_PENDING_ESTIMATES`].
+    pending: Mutex<Vec<u64>>,
 }
 
+/// Estimates kept until taken; older ones are dropped first.
+pub const MAX_PENDING_ESTIMATES: usize = 32;
+
 impl DownlinkEstimate {
-    /// The latest estimate in bits per second, None before the first.
-    pub fn get(&self) -> Option<u64> {
-        (self.count.load(Ordering::Acquire) > 0).then(|| self.bps.load(Ordering::Relaxed))
+    /// The estimates that arrived since the last call, oldest first.
+    pub fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.lock())
     }
 
-    /// How many estimates arrived so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Acquire)
+    fn push(&self, bps: u64) {
+        let mut pending = self.lock();
+        if pending.len() == MAX_PENDING_ESTIMATES {
+            pending.remove(0);
+        }
+        pending.push(bps);
     }
 
-    fn set(&self, bps: u64) {
-        self.bps.store(bps, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Release);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        // A poisoned lock only means a reader panicked mid-take; the numbers are fine.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -80,7 +83,7 @@ impl RtcpFeedback {
             } else {
                 0
             };
-            self.estimate.set(bps);
+            self.estimate.push(bps);
         }
     }
 }
@@ -137,4 +140,63 @@ impl Interceptor for RtcpFeedback {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use rtc::interceptor::AttributedPacket;
+    use rtc::shared::TransportContext;
+
+    use super::*;
+
+    fn rtcp(packets: Vec<Box<dyn rtc::rtcp::Packet>>) -> TaggedPacket {
+        TaggedPacket {
+            now: Instant::now(),
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(Packet::Rtcp(packets)),
+        }
+    }
+
+    fn remb(bitrate: f32) -> Box<dyn rtc::rtcp::Packet> {
+        Box::new(ReceiverEstimatedMaximumBitrate {
+            sender_ssrc: 1,
+            bitrate,
+            ssrcs: vec![2],
+        })
+    }
+
+    #[test]
+    fn estimates_are_recorded_and_only_keyframe_requests_reach_the_application() {
+        let estimate = Arc::new(DownlinkEstimate::default());
+        let mut feedback = RtcpFeedback::new(estimate.clone());
+        let pli: Box<dyn rtc::rtcp::Packet> = Box::new(PictureLossIndication {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+        });
+        feedback.handle_read(rtcp(vec![remb(1.5e6)])).expect("read");
+        assert!(feedback.poll_read().is_none(), "a REMB alone ends here");
+        feedback
+            .handle_read(rtcp(vec![remb(f32::NAN), pli, remb(-3.0)]))
+            .expect("read");
+        let delivered = feedback.poll_read().expect("the PLI");
+        let Packet::Rtcp(packets) = &delivered.message.packet else {
+            panic!("not RTCP");
+        };
+        assert_eq!(packets.len(), 1);
+        assert!(is_keyframe_request(packets[0].as_ref()));
+        // Broken bitrates read as nothing to spare.
+        assert_eq!(estimate.take(), [1_500_000, 0, 0]);
+        assert!(estimate.take().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn only_the_newest_estimates_are_kept_until_taken() {
+        let estimate = DownlinkEstimate::default();
+        for bps in 0..MAX_PENDING_ESTIMATES as u64 + 3 {
+            estimate.push(bps);
+        }
+        let kept = estimate.take();
+        assert_eq!(kept.len(), MAX_PENDING_ESTIMATES);
+        assert_eq!(kept[0], 3);
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`keyframe`]: throttling of keyframe requests towards a publisher.
 //! - [`forwarder`]: one per published track, fanning its packets out to its down-tracks.
 //! - [`rates`]: what each layer of a published track costs, as measured.
+//! - [`downlink`]: what a subscriber's estimates of its downlink are worth as a ceiling.
 //! - [`allocator`]: fitting a subscriber's tracks and layers into its estimated downlink.
 //! - [`layers`]: choosing one simulcast layer of a video track for one subscriber.
 //! - [`speaker`]: audio levels (RFC 6464) and the dominant and current speakers.
@@ -21,6 +22,7 @@
 
 pub mod allocator;
 pub mod codec;
+pub mod downlink;
 pub mod fanout;
 pub mod forwarder;
 pub mod keyframe;

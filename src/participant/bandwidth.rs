@@ -1,14 +1,16 @@
 //! Fitting what a participant receives into its downlink.
 //!
-//! Every [`ADAPT_EVERY`], once the client has sent an estimate of its downlink (REMB),
-//! the participant lists what it receives as demands for its [`Allocator`]: each
+//! Every [`ADAPT_EVERY`], once the client's estimates of its downlink (REMB) make a
+//! ceiling ([`DownlinkFilter`]: from their first fall on), the participant lists what it
+//! receives as demands for its [`Allocator`]: each
 //! subscribed track with what its layers cost (measured on the up-track), whether it
 //! is shown and at what size, and whether it is prominent (a pinned publisher or the
 //! dominant speaker). The allocation is applied to the down-tracks: a simulcast video
-//! gets a highest layer it may be sent (`SetMaxLayer`), and a video whose lowest layer
-//! does not fit is paused for bandwidth, which the client hears of as `track_paused`
-//! with reason `bandwidth`. Audio is never paused. Without an estimate nothing is
-//! limited.
+//! gets a highest layer it may be sent (`SetMaxLayer`). A video whose lowest layer does
+//! not fit gets that layer, or with `media.pause_for_bandwidth` is paused, which the
+//! client hears of as `track_paused` with reason `bandwidth`. Audio is never paused.
+//! Without a ceiling nothing is limited, and `media.bandwidth_adaptation = false` turns
+//! all of this off.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::ids::{ParticipantId, TrackId};
 use crate::media::allocator::{
     Allocator, AllocatorConfig, Choice, Layer, Layers, PauseReason, Size, TrackDemand, TrackKind,
 };
+use crate::media::downlink::DownlinkFilter;
 use crate::media::feedback::DownlinkEstimate;
 use crate::media::uptrack::UpTrackHandle;
 
@@ -35,6 +38,7 @@ const AUDIO_UNMEASURED_BPS: u64 = 40_000;
 /// which video it paused.
 pub(super) struct Bandwidth {
     pub estimate: Arc<DownlinkEstimate>,
+    filter: DownlinkFilter,
     allocator: Allocator<TrackId>,
     /// Video paused because not even its lowest layer fits.
     pub paused: BTreeSet<TrackId>,
@@ -44,6 +48,7 @@ impl Bandwidth {
     pub fn new() -> Self {
         Bandwidth {
             estimate: Arc::new(DownlinkEstimate::default()),
+            filter: DownlinkFilter::default(),
             allocator: Allocator::new(AllocatorConfig::default()),
             paused: BTreeSet::new(),
         }
@@ -93,11 +98,16 @@ impl Participant {
     /// Brings the allocation up to date with the latest estimate and demands, and
     /// applies it. See the module documentation.
     pub(super) fn adapt_to_bandwidth(&mut self) {
-        let Some(estimate_bps) = self.bandwidth.estimate.get() else {
+        let now = Instant::now();
+        let bandwidth = &mut self.bandwidth;
+        for bps in bandwidth.estimate.take() {
+            bandwidth.filter.handle_estimate(now, bps);
+        }
+        let usage_bps = bandwidth.allocator.current().usage_bps;
+        let Some(estimate_bps) = bandwidth.filter.estimate(now, usage_bps) else {
             return;
         };
         let demands = self.demands();
-        let now = Instant::now();
         if let Err(e) = self
             .bandwidth
             .allocator
@@ -109,6 +119,7 @@ impl Participant {
         self.bandwidth.allocator.probe(now);
         let choices = self.bandwidth.allocator.current().tracks.clone();
         self.bandwidth.paused.clear();
+        let may_pause = self.node.peers.pauses_for_bandwidth();
         for (track_id, choice) in choices {
             let Some(sub) = self.subscriptions.get_mut(&track_id) else {
                 continue;
@@ -116,15 +127,14 @@ impl Participant {
             if !sub.video {
                 continue;
             }
+            let simulcast = !sub.up.layer_sizes.is_empty();
             match choice {
-                Choice::Paused(PauseReason::Bandwidth) => {
+                Choice::Paused(PauseReason::Bandwidth) if may_pause => {
                     self.bandwidth.paused.insert(track_id);
                 }
+                Choice::Paused(PauseReason::Bandwidth) => sub.set_max_layer(simulcast.then_some(0)),
                 Choice::Paused(PauseReason::Hidden) => {}
-                Choice::Layer(layer) => {
-                    let simulcast = !sub.up.layer_sizes.is_empty();
-                    sub.set_max_layer(simulcast.then_some(layer));
-                }
+                Choice::Layer(layer) => sub.set_max_layer(simulcast.then_some(layer)),
             }
         }
         self.apply_forwarding();

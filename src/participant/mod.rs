@@ -452,7 +452,9 @@ impl Actor for Participant {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(bandwidth::ADAPT_EVERY, |act, _| act.adapt_to_bandwidth());
+        if self.node.peers.adapts_to_bandwidth() {
+            ctx.run_interval(bandwidth::ADAPT_EVERY, |act, _| act.adapt_to_bandwidth());
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

@@ -170,6 +170,16 @@ impl PeerFactory {
     pub fn bind_ip(&self) -> IpAddr {
         self.media.bind_ip
     }
+
+    /// Whether subscribers' downlink estimates limit what they are sent.
+    pub fn adapts_to_bandwidth(&self) -> bool {
+        self.media.bandwidth_adaptation
+    }
+
+    /// Whether video whose lowest layer does not fit a subscriber's downlink pauses.
+    pub fn pauses_for_bandwidth(&self) -> bool {
+        self.media.pause_for_bandwidth
+    }
 }
 
 /// The codecs relais forwards. No RTX: publishers retransmit in the original stream.

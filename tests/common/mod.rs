@@ -80,10 +80,15 @@ impl Node {
 
     /// Starts a node; `extra` is appended to the generated config.
     pub fn start_with(extra: &str) -> Node {
+        Self::start_with_media("", extra)
+    }
+
+    /// Starts a node; `media` is added to its `[media]` table, and `extra` appended.
+    pub fn start_with_media(media: &str, extra: &str) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("relais.toml");
         let config = format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ip = \"127.0.0.1\"\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\n[media]\nbind_ip = \"127.0.0.1\"\n{media}\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n\
              [auth.keys]\n{API_KEY} = \"{SECRET}\"\n[log]\nlevel = \"info\"\n{extra}"
         );

@@ -154,7 +154,7 @@ export class Meeting {
       case 'track_unpublished': return this.onTrackUnpublished(msg.track_id, msg.participant_id);
       case 'track_muted': return this.onTrackMuted(msg.track_id, msg.muted);
       case 'speakers_changed': return this.onSpeakers(msg.dominant, msg.speakers);
-      case 'track_paused': return this.onTrackPaused(msg.track_id, msg.paused);
+      case 'track_paused': return this.onTrackPaused(msg.track_id, msg.paused, msg.reason);
       case 'error':
         if (msg.code === 'permission_denied' && msg.request === 'publish_track') {
           this.notice = 'Your access token does not allow publishing: others cannot see or ' +
@@ -383,10 +383,15 @@ export class Meeting {
     this.speakers = [];
   }
 
-  /** Last-N or `hide` paused or resumed a received video: its tile shows the avatar meanwhile. */
-  onTrackPaused(trackId, paused) {
+  /**
+   * Last-N, `hide` or a slow downlink paused or resumed a received video: its tile shows
+   * the avatar meanwhile, and says so when the downlink is the reason.
+   */
+  onTrackPaused(trackId, paused, reason) {
     for (const entry of this.remote.values()) {
-      if (entry.trackId === trackId) entry.paused = paused;
+      if (entry.trackId !== trackId) continue;
+      entry.paused = paused;
+      entry.pausedFor = paused ? reason ?? null : null;
     }
     this.changed();
   }

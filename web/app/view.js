@@ -194,7 +194,7 @@ function tilesOf(meeting) {
       key: p.id, participantId: p.id, name, trackId: camera?.trackId,
       video: camera && !cameraInfo?.muted && !camera.paused ? camera.track : null,
       micOff: !mic || mic.muted, speaking: meeting.speaker === p.id,
-      pinned: meeting.pinned.has(p.id),
+      pinned: meeting.pinned.has(p.id), slow: camera?.pausedFor === 'bandwidth',
     });
     for (const share of mine.filter((r) => sourceOf(r) === 'screen_share')) {
       tiles.push({ key: `${p.id}:${share.trackId}`, participantId: p.id, trackId: share.trackId,
@@ -233,6 +233,8 @@ function updateTile(el, tile) {
   el.classList.toggle('pinned', Boolean(tile.pinned));
   el.classList.toggle('no-video', !tile.video);
   el.classList.toggle('muted', Boolean(tile.micOff) && !tile.screen);
+  el.classList.toggle('slow', Boolean(tile.slow));
+  el.title = tile.slow ? 'Video paused: the connection is too slow for it' : '';
   el.querySelector('.name').textContent = tile.name;
   el.querySelector('.avatar').textContent = initials(tile.name);
 
