@@ -106,6 +106,10 @@ MEDIA = [
     ts("Down-track queue drops", "pps", [target(
         rate("relais_down_track_queue_drops_total", by="kind"), "{{kind}}")],
        "Packets dropped for subscribers that do not keep up."),
+    ts("Participants limited by their downlink", "none", [target(
+        gauge("relais_bandwidth_limited_participants", by="instance"), "{{instance}}")],
+       "Receiving a lower layer than their tiles call for, or video paused, because "
+       "their estimated downlink is too small."),
 ]
 
 CLUSTER = [

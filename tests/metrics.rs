@@ -137,6 +137,7 @@ const PRESENT: &[&str] = &[
     "relais_fencing_rejections_total",
     "relais_down_track_queue_drops_total",
     "relais_tasks",
+    "relais_bandwidth_limited_participants",
 ];
 
 /// What is still missing from the nodes' scrapes, empty once they show everything.

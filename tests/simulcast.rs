@@ -189,6 +189,16 @@ async fn two_viewers_of_one_camera_get_their_own_layers() {
     sender.abort();
 }
 
+/// What the node's metrics say of participants held back by their downlink.
+fn limited_participants(node: &Node) -> u32 {
+    let scrape = node.scrape();
+    let line = scrape
+        .lines()
+        .find(|l| l.starts_with("relais_bandwidth_limited_participants "))
+        .expect("the gauge is exported");
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a count")
+}
+
 /// Waits for `track_paused` about `track`; returns its reason.
 async fn paused(client: &mut Client, track: &TrackId, paused: bool) -> Option<PauseCause> {
     client
@@ -229,6 +239,7 @@ async fn a_viewer_short_of_bandwidth_is_moved_down_and_back_up_as_it_recovers() 
         .feedback(&track, Feedback::Remb(250_000))
         .expect("send REMB");
     switch_across(&mut viewer, still, 2, 0).await;
+    assert_eq!(limited_participants(&node), 1, "operators see the viewer held back");
 
     // Recovered: up one layer at a time, each after the estimate has had room to
     // spare for a while, with one continuous stream.
@@ -238,6 +249,7 @@ async fn a_viewer_short_of_bandwidth_is_moved_down_and_back_up_as_it_recovers() 
     let middle = switch_to(&mut viewer, 1, 10).await;
     assert!(middle.iter().all(|(layer, _)| *layer == 1), "{middle:?}");
     switch_across(&mut viewer, middle, 1, 2).await;
+    assert_eq!(limited_participants(&node), 0);
 
     // Not even the low layer fits: by default it keeps the low layer.
     viewer

@@ -299,7 +299,10 @@ fn bandwidth_adaptation_is_on_and_pausing_for_it_off_unless_set() {
     assert!(!config.media.bandwidth_adaptation);
     assert!(config.media.pause_for_bandwidth);
     let err = with_env(&[("RELAIS_MEDIA_PAUSE_FOR_BANDWIDTH", "often")]).expect_err("refused");
-    assert!(err.to_string().contains("RELAIS_MEDIA_PAUSE_FOR_BANDWIDTH"), "{err}");
+    assert!(
+        err.to_string().contains("RELAIS_MEDIA_PAUSE_FOR_BANDWIDTH"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -506,6 +506,18 @@ impl<K: Clone + PartialEq> Allocator<K> {
         &self.target
     }
 
+    /// Whether the estimate holds anything back that the demands alone would send: a
+    /// track paused for bandwidth, or a lower layer than its size calls for.
+    pub fn limited(&self) -> bool {
+        let unlimited = plan(&self.cfg, u64::MAX, &self.demands);
+        let below = |(now, free): (&(K, Choice), &(K, Choice))| match (now.1, free.1) {
+            (Choice::Paused(PauseReason::Bandwidth), _) => true,
+            (Choice::Layer(now), Choice::Layer(free)) => now < free,
+            _ => false,
+        };
+        self.current.tracks.iter().zip(&unlimited.tracks).any(below)
+    }
+
     /// The choice for track `i` of the new demands, given what it had: down (or paused) at
     /// once, never up. A new track, or one shown again, starts at its first layer: its
     /// subscriber is waiting for a picture. One paused for bandwidth stays paused.

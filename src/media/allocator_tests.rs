@@ -284,6 +284,26 @@ fn a_lower_estimate_moves_down_at_once() {
     assert_eq!(now, &planned(1_500));
     let now = allocator.handle_estimate(ms(base, t + 100), 200 * KBPS);
     assert_eq!(now, &planned(200));
+    assert!(allocator.limited());
+}
+
+#[test]
+fn limited_means_something_is_held_below_what_its_tile_calls_for() {
+    let base = Instant::now();
+    let mut allocator = Allocator::new(AllocatorConfig::default());
+    allocator
+        .allocate(base, 10_000 * KBPS, meeting())
+        .expect("valid");
+    probe_until_settled(&mut allocator, 0, base);
+    assert!(!allocator.limited(), "everything at its tile's layer");
+    // A hidden tile is not held back by bandwidth, nor is a small tile on its layer.
+    let small = vec![audio("a1"), camera("o2", size(320, 180))];
+    allocator
+        .allocate(ms(base, 100_000), 400 * KBPS, small)
+        .expect("valid");
+    assert!(!allocator.limited());
+    allocator.handle_estimate(ms(base, 100_100), 100 * KBPS);
+    assert!(allocator.limited(), "the camera is paused for bandwidth");
 }
 
 #[test]

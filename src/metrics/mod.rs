@@ -44,6 +44,7 @@
 //! | `relais_room_ownership_changes_total` | counter | reason | placement, on scrape |
 //! | `relais_fencing_rejections_total` | counter | kind | placement, on scrape |
 //! | `relais_tasks` | gauge | task | [`Metrics::task`] |
+//! | `relais_bandwidth_limited_participants` | gauge | | [`Metrics::bandwidth_limited`] |
 //! | `process_*` | | | the process collector (CPU, memory, open files) |
 //!
 //! Direction `in` is what this node receives (published tracks, RTP from publishers, NACKs
@@ -125,6 +126,7 @@ pub struct Metrics {
     ownership_changes: IntCounterVec,
     fencing_rejections: IntCounterVec,
     tasks: IntGaugeVec,
+    bandwidth_limited: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -266,6 +268,10 @@ impl Metrics {
                 "Long-lived asynchronous tasks relais runs, by what they do.",
                 &["task"],
             ),
+            bandwidth_limited: r.gauge(
+                "relais_bandwidth_limited_participants",
+                "Participants whose downlink holds back video below what their tiles call for.",
+            ),
             registry: r.finish(),
         };
         metrics.preinitialise();
@@ -370,6 +376,11 @@ impl Metrics {
             .tracks
             .with_label_values(&[kind.as_str(), direction.as_str()]);
         GaugeGuard::new(gauge)
+    }
+
+    /// Counts a participant held back by its downlink for as long as the guard lives.
+    pub fn bandwidth_limited(&self) -> GaugeGuard {
+        GaugeGuard::new(self.bandwidth_limited.clone())
     }
 
     /// Counts a running task for as long as the guard lives.

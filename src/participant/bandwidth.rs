@@ -27,6 +27,7 @@ use crate::media::allocator::{
 use crate::media::downlink::DownlinkFilter;
 use crate::media::feedback::DownlinkEstimate;
 use crate::media::uptrack::UpTrackHandle;
+use crate::metrics::GaugeGuard;
 
 /// How often the allocation is brought up to date.
 pub const ADAPT_EVERY: Duration = Duration::from_millis(250);
@@ -42,6 +43,8 @@ pub(super) struct Bandwidth {
     allocator: Allocator<TrackId>,
     /// Video paused because not even its lowest layer fits.
     pub paused: BTreeSet<TrackId>,
+    /// Counts the participant on the node while its downlink holds anything back.
+    limited: Option<GaugeGuard>,
 }
 
 impl Bandwidth {
@@ -51,6 +54,7 @@ impl Bandwidth {
             filter: DownlinkFilter::default(),
             allocator: Allocator::new(AllocatorConfig::default()),
             paused: BTreeSet::new(),
+            limited: None,
         }
     }
 }
@@ -117,6 +121,10 @@ impl Participant {
             return;
         }
         self.bandwidth.allocator.probe(now);
+        let limited = self.bandwidth.allocator.limited();
+        if limited != self.bandwidth.limited.is_some() {
+            self.bandwidth.limited = limited.then(|| self.node.metrics.bandwidth_limited());
+        }
         let choices = self.bandwidth.allocator.current().tracks.clone();
         self.bandwidth.paused.clear();
         let may_pause = self.node.peers.pauses_for_bandwidth();
