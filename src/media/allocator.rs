@@ -17,7 +17,8 @@
 //!
 //! Invariants:
 //! - No video track gets a layer larger than the size it is shown at (the largest layer
-//!   that fits inside it, or the lowest layer when none does); hidden tracks are paused.
+//!   that suits it, see [`Size::suits`], or the lowest layer when none does); hidden
+//!   tracks are paused.
 //! - The current allocation never costs more than the estimate: a lower estimate or a
 //!   new demand moves tracks down at once.
 //! - Going up is careful. A track is raised (or resumed after a pause for bandwidth) at
@@ -91,6 +92,15 @@ impl Size {
     /// Whether a picture of this size fits inside `other` without downscaling.
     pub fn fits_in(self, other: Size) -> bool {
         self.width <= other.width && self.height <= other.height
+    }
+
+    /// Whether a layer of this size suits a tile of size `tile`: at most an eighth
+    /// larger in either dimension. Tiles seldom match a layer exactly, and shrinking a
+    /// picture a little looks far better than the next layer down stretched to twice
+    /// its size.
+    pub fn suits(self, tile: Size) -> bool {
+        let within = |layer: u32, shown: u32| u64::from(layer) * 8 <= u64::from(shown) * 9;
+        within(self.width, tile.width) && within(self.height, tile.height)
     }
 }
 
@@ -194,7 +204,7 @@ impl<K> TrackDemand<K> {
         self.kind != TrackKind::Audio && !self.visible
     }
 
-    /// The highest layer worth sending: the largest that fits the shown size.
+    /// The highest layer worth sending: the largest that suits the shown size.
     fn cap(&self) -> usize {
         let Some(shown) = self.max_size else {
             return self.layers.top();
@@ -202,7 +212,7 @@ impl<K> TrackDemand<K> {
         let layers = self.layers.as_slice();
         layers
             .iter()
-            .rposition(|l| l.size.fits_in(shown))
+            .rposition(|l| l.size.suits(shown))
             .unwrap_or(0)
     }
 

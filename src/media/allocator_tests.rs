@@ -139,12 +139,21 @@ fn audio_alone_can_run_out() {
 }
 
 #[test]
-fn never_larger_than_the_tile() {
+fn never_more_than_an_eighth_larger_than_the_tile() {
     let cfg = AllocatorConfig::default();
     let plenty = 100_000 * KBPS;
     let pick = |demand: TrackDemand<&'static str>| plan(&cfg, plenty, &[demand]).tracks[0].1;
     assert_eq!(pick(camera("c", size(700, 400))), L(1));
-    assert_eq!(pick(camera("c", size(1280, 719))), L(1));
+    assert_eq!(
+        pick(camera("c", size(1280, 719))),
+        L(2),
+        "a pixel short still suits"
+    );
+    assert_eq!(
+        pick(camera("c", size(1130, 640))),
+        L(1),
+        "more than an eighth does not"
+    );
     assert_eq!(
         pick(camera("c", size(100, 100))),
         L(0),

@@ -6,14 +6,14 @@
 //! throttle per layer towards the publisher.
 //!
 //! Invariants:
-//! - A down-track's target is the largest layer that fits inside the size it is shown at
-//!   (the lowest when none fits; the highest before the subscriber said a size), no
-//!   higher than its bandwidth allows, or none while paused. Among layers that stopped arriving (the publisher's encoder
-//!   dropped them, for bandwidth or CPU), the target falls back to the highest arriving
-//!   one below it, else the lowest arriving one above; while no layer arrives at all, and
-//!   for [`LAYER_STALE_AFTER`] after the first packet (encoders start their layers
-//!   together, so a subscriber does not climb through them), it stays where the size
-//!   puts it.
+//! - A down-track's target is the largest layer that suits the size it is shown at (the
+//!   lowest when none fits; the highest before the subscriber said a size), no higher
+//!   than its bandwidth allows, or none while paused. Among layers that stopped
+//!   arriving (the publisher's encoder dropped them, for bandwidth or CPU), the target
+//!   falls back to the highest arriving one below it, else the lowest arriving one
+//!   above; while no layer arrives at all, and for [`LAYER_STALE_AFTER`] after the
+//!   first packet (encoders start their layers together, so a subscriber does not climb
+//!   through them), it stays where the size puts it.
 //! - Switches happen at keyframes of the target layer only ([`LayerSelector`]); while a
 //!   down-track waits for one, a request for that layer stays pending in the layer's
 //!   throttle, so one goes out every throttle interval until the keyframe comes.
@@ -313,14 +313,14 @@ fn arriving(last: Instant, now: Instant) -> bool {
     now.saturating_duration_since(last) < LAYER_STALE_AFTER
 }
 
-/// The layer a subscriber showing the track at `shown` wants: the largest that fits
-/// inside it, the lowest when none does, the highest when it said no size.
+/// The layer a subscriber showing the track at `shown` wants: the largest that suits it
+/// ([`Size::suits`]), the lowest when none does, the highest when it said no size.
 pub fn wanted(layers: &[Size], shown: Option<Size>) -> usize {
     let top = layers.len().saturating_sub(1);
     let Some(shown) = shown else { return top };
     (0..layers.len())
         .rev()
-        .find(|&l| layers[l].fits_in(shown))
+        .find(|&l| layers[l].suits(shown))
         .unwrap_or(0)
 }
 

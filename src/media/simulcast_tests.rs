@@ -86,6 +86,9 @@ fn the_shown_size_picks_the_largest_layer_that_fits_inside_it() {
     assert_eq!(wanted(&all, None), 2, "no size said: the highest");
     assert_eq!(wanted(&all, Some(size(320, 180))), 0);
     assert_eq!(wanted(&all, Some(size(800, 450))), 1);
+    // A layer a little larger than the tile beats the one below stretched to it.
+    assert_eq!(wanted(&all, Some(size(615, 346))), 1);
+    assert_eq!(wanted(&all, Some(size(560, 315))), 0, "an eighth at most");
     assert_eq!(wanted(&all, Some(size(1920, 1080))), 2);
     assert_eq!(
         wanted(&all, Some(size(100, 100))),
