@@ -584,3 +584,78 @@ fn save_artifact(name: &str, bytes: &[u8]) {
 /// Clicks the leave button and returns the page's clock at that moment.
 const CLICK_LEAVE: &str =
     "const at = Date.now(); document.querySelector('#leave').click(); return at;";
+
+/// The width of the frames decoded of `sender`'s camera; 0 before any.
+fn width_from(status: &page::Status, sender: &str) -> u64 {
+    let video = status
+        .remote
+        .iter()
+        .find(|r| r.kind == "video" && r.participant_id.as_deref() == Some(sender));
+    video.map_or(0, |r| r.frame_width)
+}
+
+/// The width of the frames `page` decodes of `sender`'s camera, once that width has held
+/// over a few statistics refreshes.
+fn settled_width(page: &Page, sender: &str) -> u64 {
+    let mut last = (0, 0);
+    wait(&[page], "a settled frame width", secs(40), |s| {
+        let width = width_from(&s[0], sender);
+        last = if width > 0 && width == last.0 {
+            (width, last.1 + 1)
+        } else {
+            (width, 0)
+        };
+        (last.1 >= 3).then_some(width)
+    })
+}
+
+#[test]
+fn a_camera_in_layers_reaches_a_small_tile_small_and_a_large_tile_large() {
+    let _turn = serial();
+    let node = start_node();
+    let driver = ChromeDriver::start();
+    let base = base_url(&node);
+    // Ada's camera captures 640x360, which the page sends in two layers, 320 and 640
+    // wide. Grace's window makes her tiles smaller than 320x180, Hedy's larger than
+    // 640x360.
+    let pages: Vec<Page> = std::thread::scope(|scope| {
+        let sizes = [
+            ("Ada", (800, 600)),
+            ("Grace", (480, 400)),
+            ("Hedy", (1600, 1000)),
+        ];
+        let opening: Vec<_> = sizes
+            .into_iter()
+            .map(|(name, size)| {
+                let base = base.as_str();
+                let driver = &driver;
+                scope.spawn(move || Page::join(driver, base, "layers", name, size))
+            })
+            .collect();
+        opening
+            .into_iter()
+            .map(|p| p.join().expect("a browser opened"))
+            .collect()
+    });
+    let ada = pages[0].wait_joined(secs(30));
+    for page in &pages[1..] {
+        page.wait_joined(secs(30));
+    }
+    // Every page publishes and subscribes to the others: each connection has been
+    // renegotiated after its camera's layers first arrived, and media still flows.
+    let all: Vec<&Page> = pages.iter().collect();
+    wait_media_flows(&all, FLOWING, secs(60));
+
+    // The browser starts the high layer once its estimate of its uplink allows.
+    wait(
+        &[&pages[2]],
+        "the high layer at the large tile",
+        secs(60),
+        |s| {
+            let width = width_from(&s[0], &ada);
+            (width == 640).then_some(())
+        },
+    );
+    let small = settled_width(&pages[1], &ada);
+    assert_eq!(small, 320, "Grace's small tile decodes the low layer");
+}

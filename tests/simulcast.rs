@@ -196,7 +196,10 @@ fn limited_participants(node: &Node) -> u32 {
         .lines()
         .find(|l| l.starts_with("relais_bandwidth_limited_participants "))
         .expect("the gauge is exported");
-    line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a count")
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a count")
 }
 
 /// Waits for `track_paused` about `track`; returns its reason.
@@ -239,7 +242,11 @@ async fn a_viewer_short_of_bandwidth_is_moved_down_and_back_up_as_it_recovers() 
         .feedback(&track, Feedback::Remb(250_000))
         .expect("send REMB");
     switch_across(&mut viewer, still, 2, 0).await;
-    assert_eq!(limited_participants(&node), 1, "operators see the viewer held back");
+    assert_eq!(
+        limited_participants(&node),
+        1,
+        "operators see the viewer held back"
+    );
 
     // Recovered: up one layer at a time, each after the estimate has had room to
     // spare for a while, with one continuous stream.

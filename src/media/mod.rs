@@ -18,7 +18,9 @@
 //!
 //! - [`uptrack`]: the task that reads a published track and drives its forwarder.
 //! - [`downtrack`]: the tasks that deliver one track to one subscriber.
-//! - [`feedback`]: the interceptor that surfaces subscribers' keyframe requests.
+//! - [`feedback`]: the interceptor that surfaces subscribers' keyframe requests and
+//!   estimates.
+//! - [`layer_acks`]: the interceptor that keeps simulcast publishers naming their layers.
 
 pub mod allocator;
 pub mod codec;
@@ -36,6 +38,7 @@ pub mod voices;
 
 pub mod downtrack;
 pub mod feedback;
+pub mod layer_acks;
 pub mod uptrack;
 
 /// Sleeps until `deadline`, or forever without one: the timer arm of the shells'

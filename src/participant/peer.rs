@@ -28,6 +28,7 @@ use webrtc::peer_connection::{
 
 use crate::config::MediaConfig;
 use crate::media::feedback::{DownlinkEstimate, RtcpFeedback, FEEDBACK_SLOT};
+use crate::media::layer_acks::{LayerAcks, LAYER_ACKS_SLOT};
 use crate::metrics::rtcp::{RtcpTap, RTCP_TAP_SLOT};
 use crate::metrics::Metrics;
 use crate::signal::protocol::IceCandidate;
@@ -136,6 +137,7 @@ impl PeerFactory {
         register_audio_level(&mut media_engine)?;
         let registry = registry
             .with(Slot::from(FEEDBACK_SLOT), RtcpFeedback::new(estimate))
+            .with(Slot::from(LAYER_ACKS_SLOT), LayerAcks::default())
             .with(
                 Slot::from(RTCP_TAP_SLOT),
                 RtcpTap::new(self.metrics.clone()),

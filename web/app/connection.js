@@ -37,6 +37,17 @@ const PING_EVERY_MS = 10000;
 const PONG_WITHIN_MS = 20000;
 /** How long one subscription may take to go live before the next is asked for. */
 const SUBSCRIBE_WITHIN_MS = 5000;
+/**
+ * A camera goes out in layers (rid simulcast), smallest first, each a fraction of the
+ * captured size; the server sends each subscriber the one that fits its tile. As many
+ * as the browser sends for that size: three from 540 lines up, two from 270 (a 360-line
+ * camera sends 180 and 360), none below.
+ */
+const CAMERA_LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4 },
+  { rid: 'h', scaleResolutionDownBy: 2 },
+  { rid: 'f', scaleResolutionDownBy: 1 },
+];
 
 export class Connection {
   /**
@@ -101,13 +112,19 @@ export class Connection {
    */
   publish(pub) {
     const { track, source, name, muted } = pub;
-    this.send({ type: 'publish_track', cid: track.id, kind: track.kind, source, name, muted });
-    this.senders.set(pub, this.addSender(track, pub.stream));
+    const encodings = track.kind === 'video' && source === 'camera' ? encodingsOf(track) : [];
+    const layers = encodings.length > 1 ? encodings.map((e) => e.layer) : undefined;
+    this.send({ type: 'publish_track', cid: track.id, kind: track.kind, source, name, muted,
+      layers });
+    const sendEncodings = layers ? encodings.map((e) => e.encoding) : undefined;
+    this.senders.set(pub, this.addSender(track, pub.stream, sendEncodings));
     this.negotiate();
   }
 
-  addSender(track, stream) {
-    return this.pc.addTransceiver(track, { direction: 'sendrecv', streams: [stream] });
+  addSender(track, stream, sendEncodings) {
+    const init = { direction: 'sendrecv', streams: [stream] };
+    if (sendEncodings) init.sendEncodings = sendEncodings;
+    return this.pc.addTransceiver(track, init);
   }
 
   /** Stops sending a publication and tells the server it is gone. */
@@ -363,4 +380,21 @@ export class Connection {
     const trackId = msid?.trackId ?? this.trackIdByMid.get(mid) ?? null;
     this.listener({ type: 'track', mid, track: e.track, participantId, trackId, kind: e.track.kind });
   }
+}
+
+/**
+ * The encodings a camera track is sent in, each with the layer `publish_track`
+ * announces for it (its rid and size): the largest layers of `CAMERA_LAYERS` that the
+ * captured height allows. Fewer than two means one plain encoding.
+ */
+function encodingsOf(track) {
+  const { width, height } = track.getSettings?.() ?? {};
+  if (!width || !height) return [];
+  const count = height >= 540 ? 3 : height >= 270 ? 2 : 0;
+  return CAMERA_LAYERS.slice(CAMERA_LAYERS.length - count).map((encoding) => {
+    const by = encoding.scaleResolutionDownBy;
+    const layer = { rid: encoding.rid, width: Math.floor(width / by),
+      height: Math.floor(height / by) };
+    return { encoding, layer };
+  });
 }
