@@ -615,14 +615,14 @@ fn a_camera_in_layers_reaches_a_small_tile_small_and_a_large_tile_large() {
     let node = start_node();
     let driver = ChromeDriver::start();
     let base = base_url(&node);
-    // Ada's camera captures 640x360, which the page sends in two layers, 320 and 640
-    // wide. Grace's window makes her tiles smaller than 320x180, Hedy's larger than
-    // 640x360.
+    // Ada's camera captures 1280x720, which the page sends in three layers, 320, 640
+    // and 1280 wide. Grace's window makes her tiles smaller than 320x180, Hedy's about
+    // as large as 1280x720.
     let pages: Vec<Page> = std::thread::scope(|scope| {
         let sizes = [
             ("Ada", (800, 600)),
             ("Grace", (480, 400)),
-            ("Hedy", (1600, 1000)),
+            ("Hedy", (2560, 1600)),
         ];
         let opening: Vec<_> = sizes
             .into_iter()
@@ -653,7 +653,7 @@ fn a_camera_in_layers_reaches_a_small_tile_small_and_a_large_tile_large() {
         secs(60),
         |s| {
             let width = width_from(&s[0], &ada);
-            (width == 640).then_some(())
+            (width == 1280).then_some(())
         },
     );
     let small = settled_width(&pages[1], &ada);

@@ -3,7 +3,7 @@
 // Capture problems never stop a join: the page joins with whatever it could get
 // and says in plain words what is missing and why.
 
-const VIDEO = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24, max: 30 } };
+const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24, max: 30 } };
 const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 
 export class LocalMedia {
