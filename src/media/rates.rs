@@ -12,6 +12,7 @@
 //!   in a window decays towards zero.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::allocator::MAX_LAYERS;
@@ -47,11 +48,11 @@ impl LayerRates {
 pub struct RateMeter {
     window_start: Option<Instant>,
     bytes: [u64; MAX_LAYERS],
-    rates: std::sync::Arc<LayerRates>,
+    rates: Arc<LayerRates>,
 }
 
 impl RateMeter {
-    pub fn new(rates: std::sync::Arc<LayerRates>) -> Self {
+    pub fn new(rates: Arc<LayerRates>) -> Self {
         RateMeter {
             window_start: None,
             bytes: [0; MAX_LAYERS],
@@ -91,8 +92,6 @@ impl RateMeter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn meter() -> (RateMeter, Arc<LayerRates>) {

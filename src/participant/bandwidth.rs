@@ -2,15 +2,14 @@
 //!
 //! Every [`ADAPT_EVERY`], once the client's estimates of its downlink (REMB) make a
 //! ceiling ([`DownlinkFilter`]: from their first fall on), the participant lists what it
-//! receives as demands for its [`Allocator`]: each
-//! subscribed track with what its layers cost (measured on the up-track), whether it
-//! is shown and at what size, and whether it is prominent (a pinned publisher or the
-//! dominant speaker). The allocation is applied to the down-tracks: a simulcast video
-//! gets a highest layer it may be sent (`SetMaxLayer`). A video whose lowest layer does
-//! not fit gets that layer, or with `media.pause_for_bandwidth` is paused, which the
-//! client hears of as `track_paused` with reason `bandwidth`. Audio is never paused.
-//! Without a ceiling nothing is limited, and `media.bandwidth_adaptation = false` turns
-//! all of this off.
+//! receives as demands for its [`Allocator`]: each subscribed track with what its
+//! layers cost (measured on the up-track), whether it is shown and at what size, and
+//! whether it is prominent (a pinned publisher or the dominant speaker). The allocation
+//! is applied to the down-tracks: a simulcast video gets a highest layer it may be sent
+//! (`SetMaxLayer`). A video whose lowest layer does not fit gets that layer, or with
+//! `media.pause_for_bandwidth` is paused, which the client hears of as `track_paused`
+//! with reason `bandwidth`. Audio is never paused. Without a ceiling nothing is
+//! limited, and `media.bandwidth_adaptation = false` turns all of this off.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
