@@ -12,8 +12,9 @@
 //! per packet, and no loss figures from this node's reports for those streams: the
 //! browser estimates its uplink from transport-wide feedback, which is sent as before.
 //!
-//! Sits near the wire (below the report generators), so that it sees every inbound RTP
-//! packet before anything else and every outbound report after it was made.
+//! Sits at the wire end of the chain, below the report generators and the RTCP tap, so
+//! that it sees every inbound RTP packet before anything else and every outbound report
+//! after the node's own loss figures were taken from it.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
@@ -24,9 +25,9 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-/// Slot of this interceptor: wire-ward of the report generators and of the RTCP tap's
-/// neighbours, above the wire-most ones.
-pub const LAYER_ACKS_SLOT: usize = 600;
+/// Slot of this interceptor: wire-ward of the report generators and of the RTCP tap
+/// (`metrics::rtcp::RTCP_TAP_SLOT`, 500).
+pub const LAYER_ACKS_SLOT: usize = 400;
 
 /// The URI of the header extension that names a simulcast layer (RFC 8852).
 pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";

@@ -2,8 +2,9 @@
 //! RTCP passing by: loss, jitter and round-trip time from reception reports, NACKs,
 //! retransmissions and keyframe requests, in both directions.
 //!
-//! Sitting closest to the wire, it sees every RTCP packet the peer sends before any other
-//! interceptor consumes it, and every packet the connection sends, including the receiver
+//! Sitting at the wire end (only `media::layer_acks` is closer, and it consumes nothing
+//! inbound), it sees every RTCP packet the peer sends before any other interceptor
+//! consumes it, and every packet the connection sends, including the receiver
 //! reports, NACKs and retransmissions that other interceptors generate. It passes everything
 //! through unchanged. RTCP is a few packets per second per stream, so it records into the
 //! shared families directly; for RTP it only checks one attribute.
