@@ -128,6 +128,10 @@ async fn in_a_large_room_last_n_holds_cameras_back_and_nothing_counts_as_lost() 
     large.room_prefix = "load-large".into();
     (large.publishers, large.subscribers, large.speakers) = (4, 0, Some(2));
     large.duration = Duration::from_secs(5);
+    // Until someone has spoken, the room forwards the first camera to arrive: seats
+    // join half a second apart so that it is a speaker's (seat 0), not a silent seat's
+    // that a slow negotiation let through first.
+    large.ramp_per_second = 2.0;
     let summary = run_scenario(large).await.expect("the run starts");
     eprintln!("{}", summary.table());
 
