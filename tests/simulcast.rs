@@ -202,15 +202,15 @@ fn limited_participants(node: &Node) -> u32 {
         .expect("a count")
 }
 
-/// Waits for `track_paused` about `track`; returns its reason.
-async fn paused(client: &mut Client, track: &TrackId, paused: bool) -> Option<PauseCause> {
+/// The next `track_paused` about `track`: whether paused, and why.
+async fn next_pause(client: &mut Client, track: &TrackId) -> (bool, Option<PauseCause>) {
     client
         .wait_for(Duration::from_secs(15), "track_paused", |e| match e {
             ClientEvent::Server(ServerMessage::TrackPaused {
                 track_id,
-                paused: now,
+                paused,
                 reason,
-            }) if track_id == track && *now == paused => Some(*reason),
+            }) if track_id == track => Some((*paused, *reason)),
             _ => None,
         })
         .await
@@ -279,13 +279,23 @@ async fn a_video_that_does_not_fit_pauses_when_so_configured_and_says_why() {
             .feedback(&track, Feedback::Remb(bps))
             .expect("send REMB");
     }
-    let reason = paused(&mut viewer, &track, true).await;
-    assert_eq!(reason, Some(PauseCause::Bandwidth));
+    let bandwidth = (true, Some(PauseCause::Bandwidth));
+    assert_eq!(next_pause(&mut viewer, &track).await, bandwidth);
+    // While it stays paused, the client hears each new reason, and nothing between.
+    for (hidden, reason) in [
+        (vec![track.clone()], PauseCause::Hidden),
+        (vec![], PauseCause::Bandwidth),
+    ] {
+        viewer
+            .send(ClientMessage::Hide { track_ids: hidden })
+            .expect("send hide");
+        assert_eq!(next_pause(&mut viewer, &track).await, (true, Some(reason)));
+    }
     // It recovers: the video resumes at the low layer.
     viewer
         .feedback(&track, Feedback::Remb(5_000_000))
         .expect("send REMB");
-    assert_eq!(paused(&mut viewer, &track, false).await, None);
+    assert_eq!(next_pause(&mut viewer, &track).await, (false, None));
     let back = switch_to(&mut viewer, 0, 10).await;
     assert!(back.iter().all(|(layer, _)| *layer == 0), "{back:?}");
     sender.abort();

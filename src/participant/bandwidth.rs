@@ -125,7 +125,6 @@ impl Participant {
             self.bandwidth.limited = limited.then(|| self.node.metrics.bandwidth_limited());
         }
         let choices = self.bandwidth.allocator.current().tracks.clone();
-        self.bandwidth.paused.clear();
         let may_pause = self.node.peers.pauses_for_bandwidth();
         for (track_id, choice) in choices {
             let Some(sub) = self.subscriptions.get_mut(&track_id) else {
@@ -139,9 +138,17 @@ impl Participant {
                 Choice::Paused(PauseReason::Bandwidth) if may_pause => {
                     self.bandwidth.paused.insert(track_id);
                 }
-                Choice::Paused(PauseReason::Bandwidth) => sub.set_max_layer(simulcast.then_some(0)),
+                Choice::Paused(PauseReason::Bandwidth) => {
+                    self.bandwidth.paused.remove(&track_id);
+                    sub.set_max_layer(simulcast.then_some(0));
+                }
+                // A hidden track keeps what bandwidth said of it until it is shown
+                // again and the allocator has seen it: no resume in between.
                 Choice::Paused(PauseReason::Hidden) => {}
-                Choice::Layer(layer) => sub.set_max_layer(simulcast.then_some(layer)),
+                Choice::Layer(layer) => {
+                    self.bandwidth.paused.remove(&track_id);
+                    sub.set_max_layer(simulcast.then_some(layer));
+                }
             }
         }
         self.apply_forwarding();

@@ -48,9 +48,9 @@ pub(super) struct Subscription {
     pub(super) publisher: ParticipantId,
     pub(super) video: bool,
     pub(super) camera: bool,
-    /// Not forwarded for now (hidden, last-N or bandwidth); applied to the down-track
-    /// once it starts.
-    paused: bool,
+    /// Why it is not forwarded for now (hidden, last-N or bandwidth), if it is not;
+    /// applied to the down-track once it starts.
+    paused: Option<PauseCause>,
     /// The size the client shows the track at (`track_size`); applied likewise.
     pub(super) shown: Option<Size>,
     /// The highest layer of a simulcast track the client's downlink allows; applied
@@ -165,7 +165,7 @@ impl Participant {
             publisher: info.participant_id.clone(),
             video: info.kind == TrackKind::Video,
             camera: is_camera(&info),
-            paused: false,
+            paused: None,
             shown: None,
             cap: None,
             local: local.clone(),
@@ -174,7 +174,7 @@ impl Participant {
             answered: false,
             tasks: None,
         };
-        sub.paused = self.held_back(&track_id, &sub).is_some();
+        sub.paused = self.held_back(&track_id, &sub);
         self.subscriptions.insert(track_id.clone(), sub);
 
         // Always a new transceiver: `add_track` would reuse the receive-only one of a
@@ -255,11 +255,11 @@ impl Participant {
             payload_type: negotiated.payload_type,
             sink: Box::new(sink),
         });
-        let paused = sub.paused;
-        if paused {
+        let reason = sub.paused;
+        if reason.is_some() {
             sub.up.send(UpTrackCommand::SetPaused {
                 key: sub.key,
-                paused,
+                paused: true,
             });
         }
         if sub.shown.is_some() {
@@ -280,11 +280,10 @@ impl Participant {
             track_id: track_id.clone(),
             mid: negotiated.mid,
         });
-        if paused {
-            let reason = self.paused_for(&track_id);
+        if reason.is_some() {
             self.send(ServerMessage::TrackPaused {
                 track_id,
-                paused,
+                paused: true,
                 reason,
             });
         }
@@ -315,26 +314,29 @@ impl Participant {
 
     /// Pauses and resumes subscriptions as what the client hides, the forwarded
     /// cameras, the pins and the downlink say, telling the client of each change to a
-    /// running one.
+    /// running one (of the reason too, while it stays paused).
     pub(super) fn apply_forwarding(&mut self) {
         let wanted: Vec<(TrackId, Option<PauseCause>)> = self
             .subscriptions
             .keys()
             .map(|id| (id.clone(), self.paused_for(id)))
-            .filter(|(id, reason)| self.subscriptions[id].paused != reason.is_some())
+            .filter(|(id, reason)| self.subscriptions[id].paused != *reason)
             .collect();
         for (track_id, reason) in wanted {
             let Some(sub) = self.subscriptions.get_mut(&track_id) else {
                 continue;
             };
+            let was_paused = sub.paused.is_some();
             let paused = reason.is_some();
-            sub.paused = paused;
+            sub.paused = reason;
             // One not started yet takes its state when it starts.
             if sub.tasks.is_some() {
-                sub.up.send(UpTrackCommand::SetPaused {
-                    key: sub.key,
-                    paused,
-                });
+                if paused != was_paused {
+                    sub.up.send(UpTrackCommand::SetPaused {
+                        key: sub.key,
+                        paused,
+                    });
+                }
                 self.send(ServerMessage::TrackPaused {
                     track_id,
                     paused,
