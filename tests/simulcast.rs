@@ -189,6 +189,13 @@ async fn two_viewers_of_one_camera_get_their_own_layers() {
     sender.abort();
 }
 
+/// The viewer estimates its downlink at `bps` (REMB) about `track`.
+fn estimate(viewer: &Client, track: &TrackId, bps: u64) {
+    viewer
+        .feedback(track, Feedback::Remb(bps))
+        .expect("send REMB");
+}
+
 /// What the node's metrics say of participants held back by their downlink.
 fn limited_participants(node: &Node) -> u32 {
     let scrape = node.scrape();
@@ -231,16 +238,12 @@ async fn a_viewer_short_of_bandwidth_is_moved_down_and_back_up_as_it_recovers() 
     assert!(high.iter().all(|(layer, _)| *layer == 2), "{high:?}");
 
     // A climbing estimate is no ceiling: the high layer stays.
-    viewer
-        .feedback(&track, Feedback::Remb(300_000))
-        .expect("send REMB");
+    estimate(&viewer, &track, 300_000);
     let still = switch_to(&mut viewer, 2, 100).await;
     assert!(still.iter().all(|(layer, _)| *layer == 2), "{still:?}");
     // It falls to 250 kbit/s, which fits the low layer (105) but not the middle one
     // (345).
-    viewer
-        .feedback(&track, Feedback::Remb(250_000))
-        .expect("send REMB");
+    estimate(&viewer, &track, 250_000);
     switch_across(&mut viewer, still, 2, 0).await;
     assert_eq!(
         limited_participants(&node),
@@ -250,18 +253,14 @@ async fn a_viewer_short_of_bandwidth_is_moved_down_and_back_up_as_it_recovers() 
 
     // Recovered: up one layer at a time, each after the estimate has had room to
     // spare for a while, with one continuous stream.
-    viewer
-        .feedback(&track, Feedback::Remb(5_000_000))
-        .expect("send REMB");
+    estimate(&viewer, &track, 5_000_000);
     let middle = switch_to(&mut viewer, 1, 10).await;
     assert!(middle.iter().all(|(layer, _)| *layer == 1), "{middle:?}");
     switch_across(&mut viewer, middle, 1, 2).await;
     assert_eq!(limited_participants(&node), 0);
 
     // Not even the low layer fits: by default it keeps the low layer.
-    viewer
-        .feedback(&track, Feedback::Remb(50_000))
-        .expect("send REMB");
+    estimate(&viewer, &track, 50_000);
     let low = switch_to(&mut viewer, 0, 50).await;
     assert!(low.iter().all(|(layer, _)| *layer == 0), "{low:?}");
     sender.abort();
@@ -275,9 +274,7 @@ async fn a_video_that_does_not_fit_pauses_when_so_configured_and_says_why() {
     let track = video_track(&mut viewer).await;
     // A climbing estimate, then a fall below the low layer's 105 kbit/s.
     for bps in [300_000, 50_000] {
-        viewer
-            .feedback(&track, Feedback::Remb(bps))
-            .expect("send REMB");
+        estimate(&viewer, &track, bps);
     }
     let bandwidth = (true, Some(PauseCause::Bandwidth));
     assert_eq!(next_pause(&mut viewer, &track).await, bandwidth);
@@ -292,9 +289,7 @@ async fn a_video_that_does_not_fit_pauses_when_so_configured_and_says_why() {
         assert_eq!(next_pause(&mut viewer, &track).await, (true, Some(reason)));
     }
     // It recovers: the video resumes at the low layer.
-    viewer
-        .feedback(&track, Feedback::Remb(5_000_000))
-        .expect("send REMB");
+    estimate(&viewer, &track, 5_000_000);
     assert_eq!(next_pause(&mut viewer, &track).await, (false, None));
     let back = switch_to(&mut viewer, 0, 10).await;
     assert!(back.iter().all(|(layer, _)| *layer == 0), "{back:?}");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate as remb;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     nack_pairs_from_sequence_numbers, TransportLayerNack,
 };
@@ -255,7 +255,7 @@ impl Driver {
                 media_ssrc: *ssrc,
                 nacks: nack_pairs_from_sequence_numbers(&seqs),
             }),
-            Feedback::Remb(bps) => Box::new(ReceiverEstimatedMaximumBitrate {
+            Feedback::Remb(bps) => Box::new(remb::ReceiverEstimatedMaximumBitrate {
                 sender_ssrc: 0,
                 bitrate: bps as f32,
                 ssrcs: vec![*ssrc],

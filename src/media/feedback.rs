@@ -18,7 +18,7 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate as remb;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
@@ -73,13 +73,13 @@ impl RtcpFeedback {
     }
 
     fn note_estimate(&self, packet: &dyn rtc::rtcp::Packet) {
-        if let Some(remb) = packet
+        if let Some(report) = packet
             .as_any()
-            .downcast_ref::<ReceiverEstimatedMaximumBitrate>()
+            .downcast_ref::<remb::ReceiverEstimatedMaximumBitrate>()
         {
             // A negative or not-a-number bitrate from a broken client reads as 0.
-            let bps = if remb.bitrate.is_finite() {
-                remb.bitrate.max(0.0) as u64
+            let bps = if report.bitrate.is_finite() {
+                report.bitrate.max(0.0) as u64
             } else {
                 0
             };
@@ -157,8 +157,8 @@ mod tests {
         }
     }
 
-    fn remb(bitrate: f32) -> Box<dyn rtc::rtcp::Packet> {
-        Box::new(ReceiverEstimatedMaximumBitrate {
+    fn estimate_of(bitrate: f32) -> Box<dyn rtc::rtcp::Packet> {
+        Box::new(remb::ReceiverEstimatedMaximumBitrate {
             sender_ssrc: 1,
             bitrate,
             ssrcs: vec![2],
@@ -173,10 +173,12 @@ mod tests {
             sender_ssrc: 1,
             media_ssrc: 2,
         });
-        feedback.handle_read(rtcp(vec![remb(1.5e6)])).expect("read");
+        feedback
+            .handle_read(rtcp(vec![estimate_of(1.5e6)]))
+            .expect("read");
         assert!(feedback.poll_read().is_none(), "a REMB alone ends here");
         feedback
-            .handle_read(rtcp(vec![remb(f32::NAN), pli, remb(-3.0)]))
+            .handle_read(rtcp(vec![estimate_of(f32::NAN), pli, estimate_of(-3.0)]))
             .expect("read");
         let delivered = feedback.poll_read().expect("the PLI");
         let Packet::Rtcp(packets) = &delivered.message.packet else {
