@@ -3,7 +3,10 @@
 // Capture problems never stop a join: the page joins with whatever it could get
 // and says in plain words what is missing and why.
 
-const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24, max: 30 } };
+/** 720p, which the page sends in three simulcast layers (see `CAMERA_LAYERS`). */
+const VIDEO = {
+  width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24, max: 30 },
+};
 const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 
 export class LocalMedia {
