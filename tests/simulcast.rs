@@ -363,3 +363,30 @@ async fn a_camera_in_layers_crosses_to_another_node_in_the_layer_its_tiles_need(
     switch_across(&mut viewer, large, 2, 0).await;
     sender.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_another_node_short_of_bandwidth_gets_a_lower_layer_over_the_link() {
+    let etcd = Etcd::start();
+    let nodes = Node::cluster_of(&etcd.endpoint(), &["n0", "n1"], "lease_ttl_secs = 2\n");
+    let (_publisher, sender) = present(&nodes[0]).await;
+    let mut viewer = nodes[1].join_with("board", "remote", true).await;
+    let track = video_track(&mut viewer).await;
+    viewer
+        .send(size(&track, 1280, 720))
+        .expect("send track_size");
+    let high = switch_to(&mut viewer, 2, 30).await;
+    assert!(high.iter().all(|(layer, _)| *layer == 2), "{high:?}");
+    // n1 knows what the layers cost from n0, where all of them arrive: 250 kbit/s
+    // takes the low layer only, and n0 sends that one over the link.
+    for bps in [300_000, 250_000] {
+        estimate(&viewer, &track, bps);
+    }
+    switch_across(&mut viewer, high, 2, 0).await;
+    assert_eq!(limited_participants(&nodes[1]), 1);
+    // Recovered: the link carries the higher layers again, one at a time.
+    estimate(&viewer, &track, 5_000_000);
+    let middle = switch_to(&mut viewer, 1, 10).await;
+    assert!(middle.iter().all(|(layer, _)| *layer == 1), "{middle:?}");
+    switch_across(&mut viewer, middle, 1, 2).await;
+    sender.abort();
+}

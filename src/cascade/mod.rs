@@ -161,11 +161,13 @@ pub struct Imported {
 /// Starts an up-track on this node for a track published on `origin.peer`.
 ///
 /// Nothing crosses the link until a subscriber here attaches to the returned
-/// handle. `on_end` runs when the up-track stops.
+/// handle. `layers` are the sizes of a simulcast track's layers at its origin (empty
+/// for one stream). `on_end` runs when the up-track stops.
 pub fn import(
     origin: ImportOrigin,
     kind: TrackKind,
     codec: &CodecInfo,
+    layers: Vec<Size>,
     on_end: impl FnOnce(TrackId) + Send + 'static,
 ) -> Imported {
     let (packets_tx, packets_rx) = mpsc::channel::<Bytes>(CASCADE_IMPORT_QUEUE);
@@ -178,7 +180,8 @@ pub fn import(
     let up = UpTrack {
         track_id: origin.track.clone(),
         config: forwarder_config(kind, &codec.mime_type),
-        // A simulcast track crosses a link as the one layer its export is sent.
+        // A simulcast track crosses a link as the one layer its export is sent, which
+        // the origin picks by the sizes this up-track tells it.
         simulcast: None,
         metrics: origin.cascade.metrics.clone(),
         codec,
@@ -187,6 +190,7 @@ pub fn import(
         source: Source::Cascade {
             packets: packets_rx,
             origin: origin.clone(),
+            layers: layers.into(),
         },
     };
     let handle = uptrack::spawn(up, on_end);

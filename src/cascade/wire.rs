@@ -32,11 +32,14 @@ pub struct CodecInfo {
     pub sdp_fmtp_line: String,
 }
 
-/// A track published on the sending node, with its codec.
+/// A track published on the sending node, with its codec and, of a simulcast track,
+/// the `[width, height]` of each layer, lowest first (one of them crosses at a time).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteTrack {
     pub info: TrackInfo,
     pub codec: CodecInfo,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<[u32; 2]>,
 }
 
 /// One control message. Every message about a room carries the room's epoch as
@@ -80,6 +83,14 @@ pub enum Control {
         track: TrackId,
         shown: Option<[u32; 2]>,
     },
+    /// What each layer of the sender's simulcast `track` costs, in bits per second,
+    /// lowest first, as its origin measures them: the receiver's subscribers fit
+    /// layers into their downlinks by these, although only one layer crosses.
+    Rates {
+        room: String,
+        track: TrackId,
+        bps: Vec<u64>,
+    },
     /// An operator removed `participant`; its node ends the session.
     Remove {
         room: String,
@@ -99,6 +110,7 @@ impl Control {
             | Control::Unsubscribe { room, .. }
             | Control::Keyframe { room, .. }
             | Control::Size { room, .. }
+            | Control::Rates { room, .. }
             | Control::Remove { room, .. } => Some(room),
         }
     }
@@ -172,6 +184,28 @@ mod tests {
         let len = control_length(frame[..4].try_into().expect("prefix")).expect("length");
         assert_eq!(len, frame.len() - 4);
         assert_eq!(decode_control(&frame[4..]), Ok(message));
+    }
+
+    #[test]
+    fn layer_rates_and_sizes_round_trip() {
+        let message = Control::Rates {
+            room: "r".into(),
+            track: TrackId::from_string("TR_a".to_owned()),
+            bps: vec![105_000, 345_000, 905_000],
+        };
+        let frame = encode_control(&message);
+        assert_eq!(decode_control(&frame[4..]), Ok(message));
+        // A track of one stream names no layers, and a node that names none is
+        // understood.
+        let track = r#"{"info":{"id":"TR_a","participant_id":"PA_b","cid":"c","kind":"video",
+            "source":"camera","name":"","mime_type":"video/VP8","muted":false},
+            "codec":{"mime_type":"video/VP8","clock_rate":90000,"channels":0,
+            "sdp_fmtp_line":""}}"#;
+        let track: RemoteTrack = serde_json::from_str(track).expect("a track without layers");
+        assert!(track.layers.is_empty());
+        assert!(!serde_json::to_string(&track)
+            .expect("json")
+            .contains("layers"));
     }
 
     #[test]

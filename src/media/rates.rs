@@ -2,7 +2,9 @@
 //! up-track over windows of [`RATE_WINDOW`] and read by subscribers' allocators.
 //!
 //! Owns: the bytes counted in the current window per layer ([`RateMeter`], on the
-//! up-track task) and the latest smoothed rates ([`LayerRates`], shared).
+//! up-track task) and the latest smoothed rates ([`LayerRates`], shared). A simulcast
+//! track imported over a cascade link has one layer arriving, so its rates are not
+//! measured where it arrives but told by its origin ([`LayerRates::replace`]).
 //!
 //! Invariants:
 //! - A rate is published when a window ends, which the first packet after its end
@@ -39,6 +41,15 @@ impl LayerRates {
 
     fn set(&self, layer: usize, bps: u64) {
         self.bps[layer].store(bps, Ordering::Relaxed);
+    }
+
+    /// Takes the rates measured elsewhere, lowest layer first: at a cascaded track's
+    /// origin. Layers beyond [`MAX_LAYERS`] are ignored, and layers not named keep
+    /// their rates.
+    pub fn replace(&self, bps: &[u64]) {
+        for (layer, rate) in bps.iter().take(MAX_LAYERS).enumerate() {
+            self.set(layer, *rate);
+        }
     }
 }
 

@@ -309,6 +309,19 @@ pub fn largest_shown(mut sizes: impl Iterator<Item = Option<Size>>) -> Option<Si
     })
 }
 
+/// What a subscriber showing a track at `shown` needs when its downlink takes layers
+/// up to one of size `cap`: in each dimension the smaller.
+pub fn capped(shown: Option<Size>, cap: Option<Size>) -> Option<Size> {
+    match (shown, cap) {
+        (Some(shown), Some(cap)) => Some(Size {
+            width: shown.width.min(cap.width),
+            height: shown.height.min(cap.height),
+        }),
+        (shown, None) => shown,
+        (None, cap) => cap,
+    }
+}
+
 fn arriving(last: Instant, now: Instant) -> bool {
     now.saturating_duration_since(last) < LAYER_STALE_AFTER
 }

@@ -110,6 +110,23 @@ fn subscribers_together_need_the_widest_and_tallest_size_or_the_largest_layer() 
 }
 
 #[test]
+fn a_downlink_cap_limits_what_a_subscriber_needs_in_each_dimension() {
+    let one = |w, h| Some(size(w, h));
+    assert_eq!(capped(one(1280, 720), one(640, 360)), one(640, 360));
+    assert_eq!(capped(one(320, 180), one(640, 360)), one(320, 180));
+    assert_eq!(capped(one(400, 600), one(640, 360)), one(400, 360));
+    assert_eq!(capped(None, one(640, 360)), one(640, 360), "no size said");
+    assert_eq!(capped(one(320, 180), None), one(320, 180), "no cap");
+    assert_eq!(capped(None, None), None);
+    // Two subscribers of a cascaded track: the larger of the capped sizes crosses.
+    let needs = [
+        capped(one(1280, 720), one(320, 180)),
+        capped(None, one(640, 360)),
+    ];
+    assert_eq!(largest_shown(needs.into_iter()), one(640, 360));
+}
+
+#[test]
 fn a_layer_that_does_not_arrive_is_replaced_by_the_nearest_that_does() {
     assert_eq!(fallback(2, &[true, true, false]), 1);
     assert_eq!(fallback(1, &[true, false, false]), 0);

@@ -29,7 +29,7 @@ use crate::media::codec::MediaKind;
 use crate::media::fanout::{Fanout, KeyframeFrom, SimulcastLayers};
 use crate::media::forwarder::{DownTrackKey, ForwarderConfig};
 use crate::media::rates::{LayerRates, RateMeter};
-use crate::media::simulcast::largest_shown;
+use crate::media::simulcast::{capped, largest_shown};
 use crate::media::sleep_until_opt;
 use crate::media::speaker::AudioLevel;
 use crate::media::voices::SharedVoices;
@@ -158,6 +158,9 @@ pub enum Source {
     Cascade {
         packets: mpsc::Receiver<Bytes>,
         origin: Arc<dyn CascadeOrigin>,
+        /// The layers of a simulcast track at its origin, lowest first; empty for one
+        /// sent as one stream.
+        layers: Arc<[Size]>,
     },
 }
 
@@ -177,8 +180,9 @@ pub trait CascadeOrigin: Send + Sync {
     /// stops (removed or paused).
     fn demand(&self, wanted: bool);
     fn keyframe(&self);
-    /// The largest size a down-track here shows the track at, or None when one wants
-    /// it as large as it comes; told when it changes while the track is wanted.
+    /// The largest size a down-track here shows the track at, each limited to the
+    /// layer its downlink takes, or None when one wants it as large as it comes; told
+    /// when it changes while the track is wanted.
     fn shown(&self, size: Option<Size>);
 }
 
@@ -202,12 +206,21 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
     let (tx, rx) = mpsc::unbounded_channel();
     let counters = Arc::new(UpTrackCounters::default());
     let rates = Arc::new(LayerRates::default());
-    let layer_sizes = up.simulcast.as_ref().map(|s| s.sizes.clone());
+    let layer_sizes: Arc<[Size]> = match (&up.simulcast, &up.source) {
+        (Some(simulcast), _) => simulcast.sizes.clone().into(),
+        (None, Source::Cascade { layers, .. }) => layers.clone(),
+        (None, Source::Peer { .. }) => Arc::new([]),
+    };
+    // An imported simulcast track is told its rates by its origin.
+    let meter = match &up.source {
+        Source::Cascade { layers, .. } if !layers.is_empty() => None,
+        _ => Some(RateMeter::new(rates.clone())),
+    };
     let handle = UpTrackHandle {
         track_id: up.track_id.clone(),
         codec: up.codec.clone(),
         kind: up.config.kind,
-        layer_sizes: layer_sizes.unwrap_or_default().into(),
+        layer_sizes: layer_sizes.clone(),
         rates: rates.clone(),
         commands: tx,
         counters: counters.clone(),
@@ -219,7 +232,7 @@ pub fn spawn(up: UpTrack, on_end: impl FnOnce(TrackId) + Send + 'static) -> UpTr
             up.metrics.task(Task::UpTrack),
             up.metrics.track(kind, Direction::In),
         );
-        run(up, rx, counters, RateMeter::new(rates)).await;
+        run(up, rx, counters, meter, layer_sizes).await;
         on_end(track_id);
     });
     handle
@@ -230,14 +243,19 @@ struct Loop {
     sinks: HashMap<DownTrackKey, Box<dyn DownTrackSink>>,
     /// The size each down-track is shown at, as its subscriber said; None: not said.
     shown: HashMap<DownTrackKey, Option<Size>>,
+    /// The highest layer each down-track's downlink takes, where it is limited.
+    caps: HashMap<DownTrackKey, usize>,
+    /// The track's layers, lowest first; empty for one sent as one stream.
+    layer_sizes: Arc<[Size]>,
     /// Of a cascaded track, the size the origin was last told while it was wanted.
     told: Option<Option<Size>>,
     out: Vec<(DownTrackKey, Packet)>,
     counters: Arc<UpTrackCounters>,
     /// Packets and bytes received from the publisher.
     received: RtpCounters,
-    /// What each layer costs, for the subscribers' allocators.
-    meter: RateMeter,
+    /// What each layer costs, for the subscribers' allocators; None where the origin
+    /// of an imported track tells it.
+    meter: Option<RateMeter>,
     queue_drops: prometheus::IntCounter,
     audio_level_id: Option<u8>,
     /// The room's speaker task, once the room asked to hear this track.
@@ -252,13 +270,16 @@ async fn run(
     up: UpTrack,
     mut commands: mpsc::UnboundedReceiver<UpTrackCommand>,
     counters: Arc<UpTrackCounters>,
-    meter: RateMeter,
+    meter: Option<RateMeter>,
+    layer_sizes: Arc<[Size]>,
 ) {
     let kind = Kind::from(up.config.kind);
     let mut state = Loop {
         forwarder: Fanout::new(up.config, up.simulcast),
         sinks: HashMap::new(),
         shown: HashMap::new(),
+        caps: HashMap::new(),
+        layer_sizes,
         told: None,
         out: Vec::new(),
         counters,
@@ -351,7 +372,7 @@ impl Loop {
             if !admitted {
                 self.forwarder.withhold(now, &packet);
                 self.received.record(now, packet.payload.len());
-                self.meter.record(now, 0, packet.payload.len());
+                self.measure(now, 0, &packet);
                 return;
             }
         }
@@ -359,7 +380,7 @@ impl Loop {
         let layer = self.forwarder.handle_rtp(now, &packet, &mut self.out);
         self.received.record(now, packet.payload.len());
         if let Some(layer) = layer {
-            self.meter.record(now, layer, packet.payload.len());
+            self.measure(now, layer, &packet);
         }
 
         // The forwarder has counted this packet in: its count picks the delay samples.
@@ -383,6 +404,12 @@ impl Loop {
         }
     }
 
+    fn measure(&mut self, now: Instant, layer: usize, packet: &Packet) {
+        if let Some(meter) = &mut self.meter {
+            meter.record(now, layer, packet.payload.len());
+        }
+    }
+
     /// Reads the packet's audio level and tells the speaker task, if it listens.
     fn hear(&mut self, now: Instant, packet: &Packet) -> Option<u8> {
         let data = packet.header.get_extension(self.audio_level_id?)?;
@@ -400,13 +427,17 @@ impl Loop {
         self.sinks.keys().any(|key| !self.forwarder.is_paused(*key))
     }
 
-    /// The largest size a down-track that takes packets is shown at.
+    /// The largest size a down-track that takes packets is shown at, each limited to
+    /// the layer its downlink takes.
     fn largest_shown(&self) -> Option<Size> {
         let taking = self
             .shown
             .iter()
             .filter(|(key, _)| !self.forwarder.is_paused(**key));
-        largest_shown(taking.map(|(_, size)| *size))
+        largest_shown(taking.map(|(key, shown)| {
+            let cap = self.caps.get(key).and_then(|l| self.layer_sizes.get(*l));
+            capped(*shown, cap.copied())
+        }))
     }
 
     fn apply(&mut self, command: UpTrackCommand, source: &Source) {
@@ -447,6 +478,7 @@ impl Loop {
             UpTrackCommand::RemoveDownTrack { key } => {
                 self.sinks.remove(&key);
                 self.shown.remove(&key);
+                self.caps.remove(&key);
                 self.forwarder.remove_down_track(key);
             }
             UpTrackCommand::SetPaused { key, paused } => self.forwarder.set_paused(key, paused),
@@ -457,6 +489,14 @@ impl Loop {
                 self.forwarder.set_shown_size(now, key, shown)
             }
             UpTrackCommand::SetMaxLayer { key, layer } => {
+                match layer {
+                    Some(layer) if self.sinks.contains_key(&key) => {
+                        self.caps.insert(key, layer);
+                    }
+                    _ => {
+                        self.caps.remove(&key);
+                    }
+                }
                 self.forwarder.set_max_layer(now, key, layer)
             }
             UpTrackCommand::KeyframeRequest { from } => {

@@ -7,7 +7,7 @@
 //! the next. A link that goes down takes that node's participants and tracks out
 //! of the room here; when it comes back, the shards exchange snapshots again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -19,8 +19,9 @@ use crate::cascade::wire::{CodecInfo, Control, RemoteTrack};
 use crate::cascade::{self, ImportOrigin};
 use crate::cluster::{ClusterCounters, Epoch, NodeInfo};
 use crate::ids::{ParticipantId, TrackId};
-use crate::media::allocator::Size;
+use crate::media::allocator::{Size, MAX_LAYERS};
 use crate::media::forwarder::DownTrackKey;
+use crate::media::rates::RATE_WINDOW;
 use crate::media::uptrack::{UpTrackCommand, UpTrackHandle};
 use crate::participant::publications::MAX_PICTURE_SIDE;
 use crate::room::messages::{RoomEvent, SetEpoch, ShardPeers};
@@ -137,6 +138,12 @@ impl Room {
             .map(|t| RemoteTrack {
                 info: t.info.clone(),
                 codec: CodecInfo::of(&t.handle.codec),
+                layers: t
+                    .handle
+                    .layer_sizes
+                    .iter()
+                    .map(|size| [size.width, size.height])
+                    .collect(),
             })
             .collect();
         Control::Shard {
@@ -174,13 +181,15 @@ impl Room {
         }
     }
 
-    /// Looks up the other shards in etcd, and keeps checking that the room has an
-    /// owner while it is owned elsewhere.
+    /// Looks up the other shards in etcd, keeps checking that the room has an owner
+    /// while it is owned elsewhere, and tells the nodes importing its simulcast tracks
+    /// what their layers cost.
     pub(super) fn find_peers(&mut self, ctx: &mut Context<Self>) {
         if self.cascade.is_none() {
             return;
         }
         self.refresh_peers(ctx);
+        ctx.run_interval(RATE_WINDOW, |room, _| room.send_rates());
         ctx.run_interval(OWNER_CHECK, |room, ctx| {
             if room.closed {
                 return;
@@ -354,12 +363,15 @@ impl Room {
             }
             Control::Size { track, shown, .. } => {
                 // A size no tile has is taken as none said: the largest layer.
-                let side_ok = |side: u32| (1..=MAX_PICTURE_SIDE).contains(&side);
-                let shown = shown
-                    .filter(|[w, h]| side_ok(*w) && side_ok(*h))
-                    .map(|[width, height]| Size { width, height });
+                let shown = shown.and_then(picture_size);
                 if let Some((key, t)) = self.export_of(peer, &track) {
                     t.handle.send(UpTrackCommand::SetShownSize { key, shown });
+                }
+            }
+            Control::Rates { track, bps, .. } => {
+                let imported = self.peers.get(peer).and_then(|s| s.tracks.get(&track));
+                if let Some(imported) = imported {
+                    imported.handle.rates.replace(&bps);
                 }
             }
             Control::Remove {
@@ -380,6 +392,35 @@ impl Room {
         }
     }
 
+    /// Tells each node that imports a simulcast track from here what its layers cost,
+    /// as measured here: its subscribers' allocators need them.
+    pub(super) fn send_rates(&self) {
+        let exported: BTreeSet<(&String, &TrackId)> = self
+            .exports
+            .iter()
+            .map(|((peer, _), (track, _))| (peer, track))
+            .collect();
+        for (peer, track) in exported {
+            let Some(t) = self.tracks.get(track) else {
+                continue;
+            };
+            self.send_rates_of(peer, track, &t.handle);
+        }
+    }
+
+    fn send_rates_of(&self, peer: &str, track: &TrackId, handle: &UpTrackHandle) {
+        let layers = handle.layer_sizes.len();
+        if layers == 0 {
+            return;
+        }
+        let message = Control::Rates {
+            room: self.name.to_string(),
+            track: track.clone(),
+            bps: (0..layers).map(|layer| handle.rates.get(layer)).collect(),
+        };
+        self.send_to(peer, &message);
+    }
+
     /// The down-track that exports `track` to `peer`, and the track's entry here.
     fn export_of(&self, peer: &str, track: &TrackId) -> Option<(DownTrackKey, &Published)> {
         let key = self
@@ -396,6 +437,8 @@ impl Room {
             return;
         };
         if let Some(key) = cascade::export(cascade, peer, channel, &local.handle) {
+            // What the layers cost is known at once, not only from the next round.
+            self.send_rates_of(peer, track, &local.handle);
             self.exports
                 .insert((peer.to_owned(), channel), (track.clone(), key));
         }
@@ -453,7 +496,9 @@ impl Room {
                         epoch: self.epoch.clone(),
                         channel,
                     };
-                    let imported = cascade::import(origin, track.info.kind, &track.codec, |_| {});
+                    let layers = layer_sizes(&track.layers);
+                    let kind = track.info.kind;
+                    let imported = cascade::import(origin, kind, &track.codec, layers, |_| {});
                     if track.info.kind == TrackKind::Audio {
                         self.hear(&id, &imported.handle);
                     }
@@ -477,5 +522,48 @@ impl Room {
             self.stop_import(peer, gone, true);
         }
         self.peers.insert(peer.to_owned(), shard);
+    }
+}
+
+/// A picture size told by another node; None for one no picture has.
+fn picture_size([width, height]: [u32; 2]) -> Option<Size> {
+    let side_ok = |side: u32| (1..=MAX_PICTURE_SIDE).contains(&side);
+    (side_ok(width) && side_ok(height)).then_some(Size { width, height })
+}
+
+/// The layer sizes of a track imported from another node; none (one stream) when
+/// they are more than a track may have or not pictures, larger each than the last.
+fn layer_sizes(told: &[[u32; 2]]) -> Vec<Size> {
+    let sizes: Option<Vec<Size>> = told.iter().map(|size| picture_size(*size)).collect();
+    let sizes = sizes.unwrap_or_default();
+    let growing = sizes.windows(2).all(|w| w[0].fits_in(w[1]) && w[0] != w[1]);
+    if sizes.len() > MAX_LAYERS || !growing {
+        return Vec::new();
+    }
+    sizes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_sizes_from_another_node_are_checked() {
+        let sizes = layer_sizes(&[[320, 180], [640, 360], [1280, 720]]);
+        let widths: Vec<u32> = sizes.iter().map(|s| s.width).collect();
+        assert_eq!(widths, [320, 640, 1280]);
+        assert!(layer_sizes(&[]).is_empty());
+        // Shrinking, repeated, empty, too large or too many: taken as one stream.
+        for bad in [
+            vec![[640, 360], [320, 180]],
+            vec![[320, 180], [320, 180]],
+            vec![[0, 180], [640, 360]],
+            vec![[320, 180], [MAX_PICTURE_SIDE + 1, 360]],
+            (1..=MAX_LAYERS as u32 + 1)
+                .map(|n| [n * 10, n * 10])
+                .collect(),
+        ] {
+            assert!(layer_sizes(&bad).is_empty(), "{bad:?}");
+        }
     }
 }
