@@ -128,6 +128,9 @@ pub struct SessionRow {
     pub lost_packets: u64,
     /// Publishers whose video this participant received.
     pub publishers_heard: usize,
+    /// Publishers whose video the server held back from this participant (last-N)
+    /// before it sent any.
+    pub publishers_held_back: usize,
     /// Expected video or audio but received none, or not from every publisher.
     pub missing_media: bool,
     pub error: Option<String>,
@@ -263,7 +266,8 @@ fn session_row(report: &ParticipantReport, scenario: &Scenario, sent: &Sent) -> 
     let (want_video, want_audio) = expects_media(report, scenario);
     let heard = report.received.streams(TrackKind::Video);
     // Publishers whose video the server holds back (last-N) are there all the same.
-    let present = heard + report.received.held_back_streams();
+    let held_back = report.received.held_back_streams();
+    let present = heard + held_back;
     let missing = present < want_video || (want_audio && audio_packets == 0);
     SessionRow {
         identity: report.identity.clone(),
@@ -275,6 +279,7 @@ fn session_row(report: &ParticipantReport, scenario: &Scenario, sent: &Sent) -> 
         audio_packets,
         lost_packets: loss_of(&report.received, sent).0,
         publishers_heard: heard,
+        publishers_held_back: held_back,
         missing_media: report.join_time.is_some() && missing,
         error: report.error.clone(),
     }

@@ -206,12 +206,21 @@ fn tracks_the_server_holds_back_are_neither_missing_nor_lost() {
     assert_eq!(summary.sessions[1].lost_packets, 6);
     // Resumed at the end but nothing forwarded since: still held back.
     paused.received.set_paused(&cam, false);
-    let summary = summarise(&[publisher, paused], &run);
+    let summary = summarise(&[publisher.clone(), paused.clone()], &run);
     assert_eq!(summary.sessions[1].lost_packets, 6);
     assert!(
         !summary.sessions[1].missing_media,
         "a held-back camera is not missing"
     );
+    // The other camera is resumed too, and sends nothing before the run ends: held
+    // back all the same, not missing.
+    let mut resumed = paused.clone();
+    resumed
+        .received
+        .set_paused(&TrackId::from_string("other".into()), false);
+    let summary = summarise(&[publisher.clone(), resumed], &run);
+    assert_eq!(summary.sessions[1].publishers_held_back, 1);
+    assert!(!summary.sessions[1].missing_media);
 }
 
 #[test]

@@ -170,6 +170,8 @@ pub struct ReceiveStats {
     pub unparsed: u64,
     /// Tracks the server says it does not forward now (last-N, or hidden).
     pub paused: HashSet<TrackId>,
+    /// Tracks the server said at some time it did not forward.
+    pub ever_paused: HashSet<TrackId>,
     /// The server chooses which voices to forward (audio last-N): audio gaps are not
     /// loss.
     pub voices_chosen: bool,
@@ -216,6 +218,7 @@ impl ReceiveStats {
     pub fn set_paused(&mut self, track: &TrackId, paused: bool) {
         if paused {
             self.paused.insert(track.clone());
+            self.ever_paused.insert(track.clone());
         } else {
             self.paused.remove(track);
         }
@@ -225,10 +228,12 @@ impl ReceiveStats {
     }
 
     /// Tracks paused by the server that never sent a packet here: publishers that
-    /// are in the room but held back from this participant.
+    /// are in the room but held back from this participant. One resumed but not sent
+    /// yet counts (in a large room a camera is resumed when its publisher speaks,
+    /// from the next keyframe, which may not come before the run ends).
     pub fn held_back_streams(&self) -> usize {
         let never_received = |t: &&TrackId| !self.tracks.contains_key(*t);
-        self.paused.iter().filter(never_received).count()
+        self.ever_paused.iter().filter(never_received).count()
     }
 
     /// Packets received of one kind.
@@ -360,8 +365,9 @@ mod tests {
         stats.set_paused(&track, true);
         assert_eq!(stats.held_back_streams(), 1);
         stats.set_paused(&track, false);
-        assert_eq!(stats.held_back_streams(), 0);
+        assert_eq!(stats.held_back_streams(), 1, "resumed, nothing sent yet");
         stats.record(&track, &payload(true, 5, 1), Duration::from_millis(2));
+        assert_eq!(stats.held_back_streams(), 0, "heard from now on");
         stats.record(&track, &payload(true, 7, 1), Duration::from_millis(3));
         let sequence = &stats.tracks[&track].sequence;
         assert_eq!((sequence.expected(), sequence.lost()), (3, 1));
