@@ -457,14 +457,22 @@ fn six_participants_with_last_n_two_see_two_cameras_and_a_pinned_one() {
     let pages = join_all_with(&driver, &base_url(&node), "six", &names, &flags);
     let ids: Vec<String> = pages.iter().map(|p| p.wait_joined(secs(30))).collect();
     let all: Vec<&Page> = pages.iter().collect();
-    // Every page has subscribed to the five cameras and been told which are paused.
+    // Every page receives the same two cameras but its own, and has been told the
+    // others are paused (a camera held back since a page subscribed to it is not even
+    // negotiated there).
     wait(&all, "last-N on every page", secs(60), |statuses| {
-        let settled = |s: &page::Status| {
-            let videos: Vec<_> = s.remote.iter().filter(|r| r.kind == "video").collect();
-            let running = videos.iter().filter(|r| !r.paused).count();
-            videos.len() == 5 && (1..=2).contains(&running)
+        let running = |s: &page::Status| -> BTreeSet<String> {
+            let videos = s.remote.iter().filter(|r| r.kind == "video" && !r.paused);
+            videos.filter_map(|r| r.participant_id.clone()).collect()
         };
-        statuses.iter().all(settled).then_some(())
+        let each: Vec<BTreeSet<String>> = statuses.iter().map(running).collect();
+        let union: BTreeSet<String> = each.iter().flatten().cloned().collect();
+        let settled = each.iter().zip(&ids).all(|(got, own)| {
+            let mut expected = union.clone();
+            expected.remove(own);
+            *got == expected
+        });
+        (union.len() == 2 && settled).then_some(())
     });
 
     // The first two cameras are everyone's; each page decodes those not its own.

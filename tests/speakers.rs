@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,7 +172,7 @@ async fn a_speaker_on_one_node_is_heard_on_another() {
 }
 
 /// What a subscriber saw of one publisher: its tracks by kind.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Seen {
     /// Track id to (publisher, kind), from `track_published`.
     tracks: HashMap<TrackId, (ParticipantId, TrackKind)>,
@@ -180,11 +180,27 @@ struct Seen {
     packets: HashMap<(ParticipantId, TrackKind), u64>,
     /// The latest `track_paused` per track.
     paused: HashMap<TrackId, bool>,
+    /// Tracks the server said it negotiated (`subscribed`).
+    subscribed: HashSet<TrackId>,
+    /// Video sections (`m=video`) of the server's latest offer.
+    video_sections: usize,
 }
 
 impl Seen {
     fn note(&mut self, event: ClientEvent) {
         match event {
+            ClientEvent::Server(ServerMessage::Joined { participants, .. }) => {
+                for track in participants.into_iter().flat_map(|p| p.tracks) {
+                    self.tracks
+                        .insert(track.id.clone(), (track.participant_id, track.kind));
+                }
+            }
+            ClientEvent::Server(ServerMessage::Subscribed { track_id, .. }) => {
+                self.subscribed.insert(track_id);
+            }
+            ClientEvent::Server(ServerMessage::Offer { sdp }) => {
+                self.video_sections = sdp.lines().filter(|l| l.starts_with("m=video")).count();
+            }
             ClientEvent::Server(ServerMessage::TrackPublished { track }) => {
                 self.tracks
                     .insert(track.id.clone(), (track.participant_id, track.kind));
@@ -220,6 +236,11 @@ impl Seen {
         let id = self.track_of(who, TrackKind::Video)?;
         self.paused.get(id).copied()
     }
+
+    fn camera_subscribed(&self, who: &ParticipantId) -> bool {
+        let id = self.track_of(who, TrackKind::Video);
+        id.is_some_and(|id| self.subscribed.contains(id))
+    }
 }
 
 /// Reads events into `seen` until `done` holds, or panics naming `what`.
@@ -227,7 +248,7 @@ async fn watch(client: &mut Client, seen: &mut Seen, what: &str, done: impl Fn(&
     let deadline = Instant::now() + Duration::from_secs(15);
     while !done(seen) {
         let Some(event) = client.next_event(deadline).await else {
-            panic!("timed out waiting for {what}");
+            panic!("timed out waiting for {what}: {seen:?}");
         };
         seen.note(event);
     }
@@ -327,6 +348,61 @@ async fn a_large_room_forwards_the_cameras_of_recent_speakers_and_pinned_ones() 
     alice_camera.abort();
     bob_camera.abort();
     drop((alice_voice, alice));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_held_back_from_a_late_joiner_is_negotiated_only_once_forwarded() {
+    // One camera forwarded in rooms of more than two.
+    let node = Node::start_with("[room]\nlast_n = 1\nlast_n_above = 2\naudio_last_n = 0\n");
+    let mut publishers = Vec::new();
+    let mut cameras = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let (client, id, _) = joined_id(&node, "plenary", name).await;
+        cameras.push(camera(&client).await);
+        publishers.push((client, id));
+    }
+    let ids: Vec<ParticipantId> = publishers.iter().map(|(_, id)| id.clone()).collect();
+    let mut dave = Client::connect(node.options("plenary", "dave"))
+        .await
+        .expect("connect");
+    let mut seen = Seen::default();
+    watch(
+        &mut dave,
+        &mut seen,
+        "one camera sent, two held back",
+        |s| {
+            let sent = ids.iter().filter(|id| s.received(id, TrackKind::Video) > 0);
+            let held = ids.iter().filter(|id| s.camera_paused(id) == Some(true));
+            sent.count() == 1 && held.count() == 2
+        },
+    )
+    .await;
+    let (sent, held): (Vec<&ParticipantId>, Vec<&ParticipantId>) = ids
+        .iter()
+        .partition(|id| seen.received(id, TrackKind::Video) > 0);
+    // Held back from the start: told so, but neither offered nor subscribed.
+    assert_eq!(seen.video_sections, 1, "only the camera sent is offered");
+    assert!(seen.camera_subscribed(sent[0]));
+    assert!(!seen.camera_subscribed(held[0]) && !seen.camera_subscribed(held[1]));
+
+    // Dave pins one of the others: that camera is resumed, offered, subscribed, sent.
+    let pin = ClientMessage::Pin {
+        participant_ids: vec![held[0].clone()],
+    };
+    dave.send(pin).expect("send pin");
+    watch(&mut dave, &mut seen, "the pinned camera's video", |s| {
+        s.camera_paused(held[0]) == Some(false) && s.received(held[0], TrackKind::Video) > 0
+    })
+    .await;
+    assert!(seen.camera_subscribed(held[0]));
+    assert_eq!(seen.video_sections, 2);
+    assert!(
+        !seen.camera_subscribed(held[1]),
+        "the third is still held back"
+    );
+    for camera in cameras {
+        camera.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::Context;
 use tracing::debug;
 
 use super::subscriptions::Subscription;
@@ -100,7 +101,7 @@ fn layers_of(up: &UpTrackHandle, audio: bool) -> Layers {
 impl Participant {
     /// Brings the allocation up to date with the latest estimate and demands, and
     /// applies it. See the module documentation.
-    pub(super) fn adapt_to_bandwidth(&mut self) {
+    pub(super) fn adapt_to_bandwidth(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let bandwidth = &mut self.bandwidth;
         for bps in bandwidth.estimate.take() {
@@ -151,7 +152,7 @@ impl Participant {
                 }
             }
         }
-        self.apply_forwarding();
+        self.apply_forwarding(ctx);
     }
 
     /// What the client receives, as the allocator's demands: the dominant speaker

@@ -256,6 +256,8 @@ impl Participant {
         info!(room = %self.room_name, participant = %self.id, identity = %self.claims.sub,
             "participant joined");
         self.room = Some(room);
+        // Known before the first subscription: a camera held back gets no transceiver.
+        self.cameras = accepted.cameras;
         self._presence = Some(self.node.metrics.participant());
         self.send(ServerMessage::Joined {
             protocol: PROTOCOL_VERSION,
@@ -338,8 +340,8 @@ impl Participant {
             }
             ClientMessage::Mute { track_id, muted } => self.on_mute(track_id, muted, ctx),
             ClientMessage::Ping { id } => self.send(ServerMessage::Pong { id }),
-            ClientMessage::Pin { participant_ids } => self.on_pin(participant_ids),
-            ClientMessage::Hide { track_ids } => self.on_hide(track_ids),
+            ClientMessage::Pin { participant_ids } => self.on_pin(participant_ids, ctx),
+            ClientMessage::Hide { track_ids } => self.on_hide(track_ids, ctx),
             ClientMessage::TrackSize {
                 track_id,
                 width,
@@ -398,7 +400,7 @@ impl Participant {
             }
             RoomEvent::Forwarding { cameras } => {
                 self.cameras = cameras;
-                self.apply_forwarding();
+                self.apply_forwarding(ctx);
             }
             RoomEvent::Cut => {
                 self.outbox.abort();
@@ -453,7 +455,9 @@ impl Actor for Participant {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.node.peers.adapts_to_bandwidth() {
-            ctx.run_interval(bandwidth::ADAPT_EVERY, |act, _| act.adapt_to_bandwidth());
+            ctx.run_interval(bandwidth::ADAPT_EVERY, |act, ctx| {
+                act.adapt_to_bandwidth(ctx)
+            });
         }
     }
 

@@ -5,6 +5,12 @@
 //! type known, and only once the connection is up can packets be sent; then the
 //! down-track is attached to the publisher's forwarder and the client is told
 //! `subscribed`.
+//!
+//! A track held back when it is subscribed (a camera last-N does not forward, or a
+//! video the client hides) gets no transceiver until it is first forwarded: the
+//! client hears `track_paused` at once, and `subscribed` once it is forwarded. In a
+//! large room most cameras are never forwarded to most participants, and a
+//! transceiver each would cost every connection memory, timers and offer size.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -57,6 +63,8 @@ pub(super) struct Subscription {
     /// likewise.
     cap: Option<usize>,
     local: Arc<dyn TrackLocal>,
+    /// Held back since it was subscribed: no transceiver asked for yet.
+    deferred: bool,
     sender: Option<Arc<dyn RtpSender>>,
     /// Carried by a server offer; then answered by the client.
     offered: bool,
@@ -153,7 +161,9 @@ impl Participant {
         if !self.claims.grants.subscribe || self.subscriptions.contains_key(&info.id) {
             return;
         }
-        let Some(pc) = self.pc.clone() else { return };
+        if self.pc.is_none() {
+            return;
+        }
         let key = DownTrackKey::fresh();
         let ssrc = rand::random::<u32>().max(1);
         let local: Arc<dyn TrackLocal> = Arc::new(local_track(&info, &up.codec, ssrc));
@@ -168,15 +178,34 @@ impl Participant {
             paused: None,
             shown: None,
             cap: None,
-            local: local.clone(),
+            local,
+            deferred: false,
             sender: None,
             offered: false,
             answered: false,
             tasks: None,
         };
         sub.paused = self.held_back(&track_id, &sub);
+        sub.deferred = sub.paused.is_some();
+        let reason = sub.paused;
         self.subscriptions.insert(track_id.clone(), sub);
+        if reason.is_some() {
+            self.send(ServerMessage::TrackPaused {
+                track_id,
+                paused: true,
+                reason,
+            });
+            return;
+        }
+        self.add_transceiver(track_id, ctx);
+    }
 
+    /// Adds the transceiver that carries a subscription, and asks for renegotiation.
+    fn add_transceiver(&mut self, track_id: TrackId, ctx: &mut Context<Self>) {
+        let (Some(pc), Some(sub)) = (self.pc.clone(), self.subscriptions.get(&track_id)) else {
+            return;
+        };
+        let local = sub.local.clone();
         // Always a new transceiver: `add_track` would reuse the receive-only one of a
         // track the client publishes, where the client never receives. Send-receive,
         // because with the crate's send-only ones lost packets are not retransmitted.
@@ -315,7 +344,7 @@ impl Participant {
     /// Pauses and resumes subscriptions as what the client hides, the forwarded
     /// cameras, the pins and the downlink say, telling the client of each change to a
     /// running one (of the reason too, while it stays paused).
-    pub(super) fn apply_forwarding(&mut self) {
+    pub(super) fn apply_forwarding(&mut self, ctx: &mut Context<Self>) {
         let wanted: Vec<(TrackId, Option<PauseCause>)> = self
             .subscriptions
             .keys()
@@ -329,6 +358,20 @@ impl Participant {
             let was_paused = sub.paused.is_some();
             let paused = reason.is_some();
             sub.paused = reason;
+            if sub.deferred {
+                // The client heard it was paused; it hears each new reason, and that
+                // it is forwarded now, ahead of the offer that carries it.
+                if !paused {
+                    sub.deferred = false;
+                    self.add_transceiver(track_id.clone(), ctx);
+                }
+                self.send(ServerMessage::TrackPaused {
+                    track_id,
+                    paused,
+                    reason,
+                });
+                continue;
+            }
             // One not started yet takes its state when it starts.
             if sub.tasks.is_some() {
                 if paused != was_paused {
@@ -346,13 +389,13 @@ impl Participant {
         }
     }
 
-    pub(super) fn on_pin(&mut self, participant_ids: Vec<ParticipantId>) {
+    pub(super) fn on_pin(&mut self, participant_ids: Vec<ParticipantId>, ctx: &mut Context<Self>) {
         if participant_ids.len() > MAX_PINNED {
             let message = format!("at most {MAX_PINNED} participants can be pinned");
             return self.send_error(ErrorCode::BadJson, message, "pin");
         }
         self.pinned = participant_ids.into_iter().collect();
-        self.apply_forwarding();
+        self.apply_forwarding(ctx);
     }
 
     pub(super) fn on_track_size(&mut self, track_id: TrackId, width: u32, height: u32) {
@@ -374,13 +417,13 @@ impl Participant {
         }
     }
 
-    pub(super) fn on_hide(&mut self, track_ids: Vec<TrackId>) {
+    pub(super) fn on_hide(&mut self, track_ids: Vec<TrackId>, ctx: &mut Context<Self>) {
         if track_ids.len() > MAX_HIDDEN {
             let message = format!("at most {MAX_HIDDEN} tracks can be hidden");
             return self.send_error(ErrorCode::BadJson, message, "hide");
         }
         self.hidden = track_ids.into_iter().collect();
-        self.apply_forwarding();
+        self.apply_forwarding(ctx);
     }
 
     /// Ends a subscription; `tell` says whether the client asked (and gets `unsubscribed`).

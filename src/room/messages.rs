@@ -156,6 +156,8 @@ pub struct JoinAccepted {
     pub others: Vec<ParticipantInfo>,
     /// Handles of the tracks already published, to subscribe to.
     pub tracks: Vec<(TrackInfo, UpTrackHandle)>,
+    /// Whose cameras the room forwards (last-N); None for everyone's.
+    pub cameras: Option<Arc<BTreeSet<ParticipantId>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

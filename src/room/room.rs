@@ -336,9 +336,6 @@ impl Handler<Join> for Room {
         if let Some(event) = self.speaking.event() {
             msg.events.do_send(event);
         }
-        if let Some(event) = self.forwarding_event() {
-            msg.events.do_send(event);
-        }
         self.members.insert(
             id,
             Member {
@@ -347,7 +344,11 @@ impl Handler<Join> for Room {
             },
         );
         self.summary_changed(ctx);
-        Ok(JoinAccepted { others, tracks })
+        Ok(JoinAccepted {
+            others,
+            tracks,
+            cameras: self.forwarded.clone().map(Arc::new),
+        })
     }
 }
 

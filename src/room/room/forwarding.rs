@@ -50,13 +50,4 @@ impl Room {
         let cameras = self.forwarded.clone().map(Arc::new);
         self.broadcast(RoomEvent::Forwarding { cameras }, None);
     }
-
-    /// What a participant who joins now is told: nothing while every camera is
-    /// forwarded.
-    pub(super) fn forwarding_event(&self) -> Option<RoomEvent> {
-        let cameras = self.forwarded.clone().map(Arc::new);
-        cameras.map(|cameras| RoomEvent::Forwarding {
-            cameras: Some(cameras),
-        })
-    }
 }
