@@ -10,8 +10,8 @@
 //! 2. prominent video (the active speaker, pinned tiles): the lowest layer each, then up;
 //! 3. screen shares: the lowest *legible* layer (at least `legible_height` tall), lower
 //!    only if that does not fit, then up;
-//! 4. the other video at its lowest layer, paused when that does not fit; then up with
-//!    whatever is left.
+//! 4. the other video at its lowest layer, paused when that does not fit (unless
+//!    `pause_short` is off: then it keeps that layer); then up with whatever is left.
 //!
 //! "Up" raises every track of the step one layer at a time, in turn, while it fits.
 //!
@@ -19,8 +19,9 @@
 //! - No video track gets a layer larger than the size it is shown at (the largest layer
 //!   that suits it, see [`Size::suits`], or the lowest layer when none does); hidden
 //!   tracks are paused.
-//! - The current allocation never costs more than the estimate: a lower estimate or a
-//!   new demand moves tracks down at once.
+//! - The current allocation never costs more than the estimate (but for the lowest
+//!   layers kept when `pause_short` is off): a lower estimate or a new demand moves
+//!   tracks down at once.
 //! - Going up is careful. A track is raised (or resumed after a pause for bandwidth) at
 //!   once only into bitrate that was already being sent (when another track went down in
 //!   the same step, e.g. a new active speaker); beyond that only [`Allocator::probe`]
@@ -286,6 +287,10 @@ pub struct AllocatorConfig {
     pub probe_margin_percent: u32,
     /// How long that excess must last before each step up.
     pub probe_hold: Duration,
+    /// Whether a track whose lowest layer does not fit is paused. Off, it keeps that
+    /// layer (counted in the usage), and the allocation may cost more than the
+    /// estimate.
+    pub pause_short: bool,
 }
 
 impl Default for AllocatorConfig {
@@ -294,6 +299,7 @@ impl Default for AllocatorConfig {
             legible_height: 720,
             probe_margin_percent: 20,
             probe_hold: Duration::from_secs(2),
+            pause_short: true,
         }
     }
 }
@@ -309,6 +315,7 @@ pub fn plan<K: Clone>(
         demands,
         choices: vec![Choice::Paused(PauseReason::Bandwidth); demands.len()],
         budget: estimate_bps,
+        pause_short: cfg.pause_short,
     };
     for (choice, demand) in fill.choices.iter_mut().zip(demands) {
         if demand.hidden() {
@@ -330,6 +337,7 @@ struct Fill<'a, K> {
     demands: &'a [TrackDemand<K>],
     choices: Vec<Choice>,
     budget: u64,
+    pause_short: bool,
 }
 
 impl<K: Clone> Fill<'_, K> {
@@ -344,14 +352,18 @@ impl<K: Clone> Fill<'_, K> {
             .collect()
     }
 
-    /// The highest layer up to `floor` that fits; paused if none does.
+    /// The highest layer up to `floor` that fits; if none does, paused, or the lowest
+    /// when short tracks are not paused.
     fn start(&mut self, i: usize, floor: usize) {
         let layers = &self.demands[i].layers;
         let fitting = (0..=floor).rev().find(|&l| layers.cost(l) <= self.budget);
-        if let Some(layer) = fitting {
-            self.budget -= layers.cost(layer);
-            self.choices[i] = Choice::Layer(layer);
-        }
+        let layer = match fitting {
+            Some(layer) => layer,
+            None if !self.pause_short => 0,
+            None => return,
+        };
+        self.budget = self.budget.saturating_sub(layers.cost(layer));
+        self.choices[i] = Choice::Layer(layer);
     }
 
     /// Raises the tracks one layer at a time, in turn, up to their caps, while it fits.

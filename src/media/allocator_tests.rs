@@ -139,6 +139,26 @@ fn audio_alone_can_run_out() {
 }
 
 #[test]
+fn with_pausing_off_short_video_keeps_its_lowest_layer_and_is_counted() {
+    let cfg = AllocatorConfig {
+        pause_short: false,
+        ..AllocatorConfig::default()
+    };
+    let allocation = plan(&cfg, 200 * KBPS, &meeting());
+    let expected = [L(0), L(0), L(0), L(0), L(0), L(0), L(0), HIDDEN];
+    assert_eq!(choices(&allocation), expected);
+    // Audio 64, four lowest camera layers of 150 and the screen's 400: above 200.
+    assert_eq!(allocation.usage_bps, 1_064 * KBPS);
+    let mut allocator = Allocator::new(cfg);
+    let now = Instant::now();
+    allocator
+        .allocate(now, 200 * KBPS, meeting())
+        .expect("demands");
+    assert_eq!(choices(allocator.current()), expected);
+    assert!(allocator.limited(), "held below what the tiles call for");
+}
+
+#[test]
 fn never_more_than_an_eighth_larger_than_the_tile() {
     let cfg = AllocatorConfig::default();
     let plenty = 100_000 * KBPS;

@@ -48,11 +48,17 @@ pub(super) struct Bandwidth {
 }
 
 impl Bandwidth {
-    pub fn new() -> Self {
+    /// `pause`: whether video whose lowest layer does not fit is paused (else it keeps
+    /// that layer).
+    pub fn new(pause: bool) -> Self {
+        let config = AllocatorConfig {
+            pause_short: pause,
+            ..AllocatorConfig::default()
+        };
         Bandwidth {
             estimate: Arc::new(DownlinkEstimate::default()),
             filter: DownlinkFilter::default(),
-            allocator: Allocator::new(AllocatorConfig::default()),
+            allocator: Allocator::new(config),
             paused: BTreeSet::new(),
             limited: None,
         }
@@ -126,7 +132,6 @@ impl Participant {
             self.bandwidth.limited = limited.then(|| self.node.metrics.bandwidth_limited());
         }
         let choices = self.bandwidth.allocator.current().tracks.clone();
-        let may_pause = self.node.peers.pauses_for_bandwidth();
         for (track_id, choice) in choices {
             let Some(sub) = self.subscriptions.get_mut(&track_id) else {
                 continue;
@@ -136,12 +141,10 @@ impl Participant {
             }
             let simulcast = !sub.up.layer_sizes.is_empty();
             match choice {
-                Choice::Paused(PauseReason::Bandwidth) if may_pause => {
-                    self.bandwidth.paused.insert(track_id);
-                }
+                // Only with `media.pause_for_bandwidth`: else the allocator keeps
+                // the lowest layer.
                 Choice::Paused(PauseReason::Bandwidth) => {
-                    self.bandwidth.paused.remove(&track_id);
-                    sub.set_max_layer(simulcast.then_some(0));
+                    self.bandwidth.paused.insert(track_id);
                 }
                 // A hidden track keeps what bandwidth said of it until it is shown
                 // again and the allocator has seen it: no resume in between.

@@ -104,6 +104,7 @@ impl Participant {
         node: Arc<NodeContext>,
         outbox: Outbox,
     ) -> Self {
+        let bandwidth = bandwidth::Bandwidth::new(node.peers.pauses_for_bandwidth());
         Self {
             id: ParticipantId::random(),
             claims,
@@ -123,7 +124,7 @@ impl Participant {
             pinned: BTreeSet::new(),
             hidden: BTreeSet::new(),
             dominant: None,
-            bandwidth: bandwidth::Bandwidth::new(),
+            bandwidth,
             media_connected: false,
             left: false,
             join_started: None,
