@@ -343,7 +343,8 @@ impl Participant {
 
     /// Pauses and resumes subscriptions as what the client hides, the forwarded
     /// cameras, the pins and the downlink say, telling the client of each change to a
-    /// running one (of the reason too, while it stays paused).
+    /// running or deferred one (of the reason too, while it stays paused). A deferred
+    /// one that is forwarded now gets its transceiver.
     pub(super) fn apply_forwarding(&mut self, ctx: &mut Context<Self>) {
         let wanted: Vec<(TrackId, Option<PauseCause>)> = self
             .subscriptions
