@@ -369,9 +369,10 @@ impl Room {
                 }
             }
             Control::Rates { track, bps, .. } => {
+                // Only an imported simulcast track takes its rates from its origin.
                 let imported = self.peers.get(peer).and_then(|s| s.tracks.get(&track));
-                if let Some(imported) = imported {
-                    imported.handle.rates.replace(&bps);
+                if let Some(t) = imported.filter(|t| !t.handle.layer_sizes.is_empty()) {
+                    t.handle.rates.replace(&bps);
                 }
             }
             Control::Remove {
