@@ -406,6 +406,33 @@ async fn a_camera_held_back_from_a_late_joiner_is_negotiated_only_once_forwarded
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_forwarded_from_its_arrival_is_never_announced_paused() {
+    // One camera forwarded in rooms of more than two; nobody speaks.
+    let node = Node::start_with("[room]\nlast_n = 1\nlast_n_above = 2\naudio_last_n = 0\n");
+    let (alice, alice_id, _) = joined_id(&node, "plenary", "alice").await;
+    let (bob, bob_id, _) = joined_id(&node, "plenary", "bob").await;
+    let (mut carol, _, _) = joined_id(&node, "plenary", "carol").await;
+    let mut seen = Seen::default();
+    // The room's first camera is forwarded from the start: carol is never told that
+    // it is paused, not even for a moment.
+    let alice_camera = camera(&alice).await;
+    watch(&mut carol, &mut seen, "alice's video", |s| {
+        s.received(&alice_id, TrackKind::Video) > 0
+    })
+    .await;
+    // The second is held back from the start.
+    let bob_camera = camera(&bob).await;
+    watch(&mut carol, &mut seen, "bob's camera held back", |s| {
+        s.camera_paused(&bob_id) == Some(true)
+    })
+    .await;
+    assert_eq!(seen.camera_paused(&alice_id), None, "{seen:?}");
+    assert!(!seen.camera_subscribed(&bob_id));
+    alice_camera.abort();
+    bob_camera.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hidden_video_is_not_sent_and_returns_when_shown() {
     let node = Node::start();
     let (alice, alice_id, _) = joined_id(&node, "gallery", "alice").await;

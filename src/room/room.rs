@@ -385,6 +385,9 @@ impl Handler<PublishTrack> for Room {
                 handle: msg.handle,
             },
         );
+        // Whether last-N forwards a new camera is told first, so that subscribers do
+        // not hold it back on arrival only to resume it a moment later.
+        self.refresh_forwarding();
         self.broadcast(event, None);
         self.summary_changed(ctx);
     }

@@ -458,6 +458,7 @@ impl Room {
         };
         let mut old = self.peers.remove(peer).unwrap_or_default();
         let mut shard = RemoteShard::default();
+        let mut published = Vec::new();
         for p in participants {
             if old.participants.remove(&p.id).is_none() {
                 self.broadcast(RoomEvent::ParticipantJoined(p.clone()), None);
@@ -503,10 +504,10 @@ impl Room {
                     if track.info.kind == TrackKind::Audio {
                         self.hear(&id, &imported.handle);
                     }
-                    let event = RoomEvent::TrackPublished {
+                    published.push(RoomEvent::TrackPublished {
                         info: track.info.clone(),
                         handle: imported.handle.clone(),
-                    };
+                    });
                     shard.tracks.insert(
                         id,
                         Imported {
@@ -515,7 +516,6 @@ impl Room {
                             channel,
                         },
                     );
-                    self.broadcast(event, None);
                 }
             }
         }
@@ -523,6 +523,11 @@ impl Room {
             self.stop_import(peer, gone, true);
         }
         self.peers.insert(peer.to_owned(), shard);
+        // Whether last-N forwards the new cameras is told before they are.
+        self.refresh_forwarding();
+        for event in published {
+            self.broadcast(event, None);
+        }
     }
 }
 
