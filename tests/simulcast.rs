@@ -345,14 +345,42 @@ async fn bad_layers_and_sizes_are_refused_with_a_clear_error() {
     }
 }
 
+/// A presenter on n0 of a two-node cluster, sending three layers, and a viewer on n1.
+struct AcrossNodes {
+    nodes: Vec<Node>,
+    _presenter: Client,
+    sender: JoinHandle<()>,
+    viewer: Client,
+    /// The camera, as the viewer knows it.
+    track: TrackId,
+}
+
+async fn across_nodes(etcd: &Etcd) -> AcrossNodes {
+    let nodes = Node::cluster_of(&etcd.endpoint(), &["n0", "n1"], "lease_ttl_secs = 2\n");
+    let (_presenter, sender) = present(&nodes[0]).await;
+    let mut viewer = nodes[1].join_with("board", "remote", true).await;
+    let track = video_track(&mut viewer).await;
+    AcrossNodes {
+        nodes,
+        _presenter,
+        sender,
+        viewer,
+        track,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_camera_in_layers_crosses_to_another_node_in_the_layer_its_tiles_need() {
     let etcd = Etcd::start();
-    let nodes = Node::cluster_of(&etcd.endpoint(), &["n0", "n1"], "lease_ttl_secs = 2\n");
-    let (_publisher, sender) = present(&nodes[0]).await;
-    let mut viewer = nodes[1].join_with("board", "remote", true).await;
+    // Every field is bound: what is not would be dropped, nodes and presenter too.
+    let AcrossNodes {
+        nodes: _nodes,
+        _presenter,
+        sender,
+        mut viewer,
+        track,
+    } = across_nodes(&etcd).await;
     // Before its viewer says a size, the link carries the highest layer.
-    let track = video_track(&mut viewer).await;
     let large = switch_to(&mut viewer, 2, 30).await;
     assert!(large.iter().all(|(layer, _)| *layer == 2), "{large:?}");
     // A small tile on n1: n0 sends the low layer over the link instead, and the
@@ -367,10 +395,13 @@ async fn a_camera_in_layers_crosses_to_another_node_in_the_layer_its_tiles_need(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_another_node_short_of_bandwidth_gets_a_lower_layer_over_the_link() {
     let etcd = Etcd::start();
-    let nodes = Node::cluster_of(&etcd.endpoint(), &["n0", "n1"], "lease_ttl_secs = 2\n");
-    let (_publisher, sender) = present(&nodes[0]).await;
-    let mut viewer = nodes[1].join_with("board", "remote", true).await;
-    let track = video_track(&mut viewer).await;
+    let AcrossNodes {
+        nodes,
+        _presenter,
+        sender,
+        mut viewer,
+        track,
+    } = across_nodes(&etcd).await;
     viewer
         .send(size(&track, 1280, 720))
         .expect("send track_size");
